@@ -1,0 +1,6 @@
+//! One module per subcommand group. Each exposes its clap arguments and a
+//! `run` returning the process exit code.
+
+pub mod check;
+pub mod image;
+pub mod run;

@@ -1,0 +1,1 @@
+//! Image store: layout, import, layers, erofs disks. See issue 3.

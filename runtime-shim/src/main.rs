@@ -1,0 +1,54 @@
+//! `husk`: containers in KVM microVMs.
+
+mod cli;
+mod image;
+mod sandbox;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "husk", version, about = "Containers, each in its own KVM microVM")]
+pub struct Cli {
+    /// Image store directory (layers, images, layer disks).
+    #[arg(long, global = true, env = "HUSK_STORE", default_value = "/var/lib/husk")]
+    pub store: PathBuf,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check whether this host can run husk microVMs, and what to fix.
+    Check(cli::check::CheckArgs),
+    /// Manage images: import, ls, inspect, rm, prune.
+    #[command(subcommand)]
+    Image(cli::image::ImageCommand),
+    /// Run a command in a new container, in its own microVM.
+    Run(cli::run::RunArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Check(args) => cli::check::run(args),
+        Command::Image(cmd) => cli::image::run(&cli.store, cmd),
+        Command::Run(args) => cli::run::run(&cli.store, args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("husk: {e:#}");
+            std::process::exit(125);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Sandboxes: VM backends (husk-vmm, QEMU), initramfs, agent client. See issue 4.

@@ -1,0 +1,1 @@
+//! Kernel loading (linux-loader), PVH start info / boot params, e820, command line.

@@ -1,0 +1,5 @@
+//! Emulated devices. Legacy ones (serial, i8042) live on the PIO bus,
+//! virtio-mmio devices on the MMIO bus; `bus` routes vCPU exits to them.
+
+pub mod bus;
+pub mod virtio;
