@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod exit;
 pub mod memory;
 pub mod probe;
 pub mod vcpu;
