@@ -1,0 +1,141 @@
+//! Store tests on hand-built stores (no archives, no mkfs.erofs).
+
+use super::digest::{chain_ids, Digest};
+use super::store::{Store, StoreError};
+use std::fs;
+use std::path::Path;
+
+fn config_json(diff_ids: &[Digest], marker: &str) -> Vec<u8> {
+    let diff_ids: Vec<String> = diff_ids.iter().map(Digest::to_string).collect();
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
+        "config": { "Env": [format!("MARKER={marker}")] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    }))
+    .unwrap()
+}
+
+/// Stages and commits fake layers (the "disk" is a small file).
+fn add_layers(store: &Store, diff_ids: &[Digest]) {
+    let chain = chain_ids(diff_ids);
+    for (i, (chain_id, diff_id)) in chain.iter().zip(diff_ids).enumerate() {
+        if store.has_layer(chain_id) {
+            continue;
+        }
+        let staged = tempfile::tempdir_in(store.layout().tmp_dir())
+            .unwrap()
+            .keep();
+        fs::write(staged.join("diff"), diff_id.to_string()).unwrap();
+        fs::write(staged.join("size"), format!("{}", 100 + i)).unwrap();
+        fs::write(staged.join("cache-id"), "test").unwrap();
+        if i > 0 {
+            fs::write(staged.join("parent"), chain[i - 1].to_string()).unwrap();
+        }
+        fs::write(staged.join("layer.erofs"), b"disk").unwrap();
+        store.commit_layer(&staged, chain_id).unwrap();
+    }
+}
+
+fn add_image(store: &Store, diff_ids: &[Digest], marker: &str, names: &[&str]) -> Digest {
+    add_layers(store, diff_ids);
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    store
+        .commit_image(&config_json(diff_ids, marker), None, &names)
+        .unwrap()
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir).unwrap()
+}
+
+#[test]
+fn resolve_by_name_short_and_full_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let diff_ids = [Digest::of_bytes(b"base"), Digest::of_bytes(b"top")];
+    let id = add_image(&store, &diff_ids, "a", &["busybox:latest"]);
+
+    for name in ["busybox", "busybox:latest", "docker.io/library/busybox"] {
+        let image = store.resolve(name).unwrap();
+        assert_eq!(image.id, id.to_string());
+        assert_eq!(image.name, "busybox:latest");
+    }
+    let by_short = store.resolve(id.short()).unwrap();
+    assert_eq!(by_short.id, id.to_string());
+    let by_full = store.resolve(&id.to_string()).unwrap();
+    assert_eq!(by_full.layers.len(), 2);
+
+    let chain = chain_ids(&diff_ids);
+    let image = store.resolve("busybox").unwrap();
+    assert_eq!(image.layers[0].chain_id, chain[0].to_string());
+    assert_eq!(image.layers[1].chain_id, chain[1].to_string());
+    assert_eq!(image.layers[1].diff_id, diff_ids[1].to_string());
+    assert_eq!(image.layers[1].size, 101);
+    assert_eq!(
+        image.layers[0].disk,
+        dir.path()
+            .join("layerdb/sha256")
+            .join(chain[0].hex())
+            .join("layer.erofs")
+    );
+    assert!(matches!(
+        store.resolve("nothere"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.resolve("Bad Name"),
+        Err(StoreError::Reference(_))
+    ));
+}
+
+#[test]
+fn remove_keeps_shared_layers_and_prune_removes_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let base = Digest::of_bytes(b"base");
+    let one = [base.clone(), Digest::of_bytes(b"one")];
+    let two = [base.clone(), Digest::of_bytes(b"two")];
+    add_image(&store, &one, "one", &["one:latest"]);
+    let id_two = add_image(&store, &two, "two", &["two:latest", "two:v2"]);
+    assert_eq!(store.layer_ids().unwrap().len(), 3);
+
+    let report = store.remove("one").unwrap();
+    assert!(report.deleted_image.is_some());
+    assert_eq!(report.deleted_layers, vec![chain_ids(&one)[1].to_string()]);
+    assert!(store.has_layer(&base));
+    assert!(store.resolve("two").is_ok());
+
+    // Removing one of two tags keeps the image.
+    let report = store.remove("two:v2").unwrap();
+    assert!(report.deleted_image.is_none());
+    assert_eq!(store.resolve("two").unwrap().id, id_two.to_string());
+
+    // A layer without any image goes on prune.
+    let orphan = [Digest::of_bytes(b"orphan")];
+    add_layers(&store, &orphan);
+    let report = store.prune().unwrap();
+    assert_eq!(report.deleted_layers, vec![orphan[0].to_string()]);
+    assert_eq!(store.layer_ids().unwrap().len(), 2);
+
+    store.remove(&id_two.to_string()).unwrap();
+    assert!(store.layer_ids().unwrap().is_empty());
+    assert!(store.images().unwrap().is_empty());
+}
+
+#[test]
+fn ambiguous_and_missing_layers_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let diff_ids = [Digest::of_bytes(b"x")];
+    let id = add_image(&store, &diff_ids, "x", &["x:latest"]);
+    fs::remove_dir_all(store.layout().layer_dir(&chain_ids(&diff_ids)[0])).unwrap();
+    assert!(matches!(
+        store.resolve("x"),
+        Err(StoreError::LayerMissing { .. })
+    ));
+    // A config whose bytes no longer match its ID is corruption, not an image.
+    fs::write(store.layout().image_config(&id), b"{}").unwrap();
+    assert!(matches!(store.resolve("x"), Err(StoreError::Corrupt(_))));
+}
