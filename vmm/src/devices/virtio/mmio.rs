@@ -1,0 +1,863 @@
+//! The virtio-mmio transport, version 2 ("modern", virtio 1.x section
+//! 4.2.2): the 4 KiB register file a guest driver uses to discover a
+//! device, negotiate features, describe its queues and notify them.
+//!
+//! Everything here is driven by guest writes, so every access is checked:
+//! registers are 32-bit and aligned, read-only registers ignore writes,
+//! queue and feature registers only accept writes in the status phase where
+//! the spec allows them. A bad access is logged and ignored.
+
+use std::io;
+use std::sync::Arc;
+
+use thiserror::Error;
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::worker::drain_eventfd;
+use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::bus::BusDevice;
+
+/// "virt" in little endian.
+pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
+/// The modern (non-legacy) virtio-mmio layout.
+pub const MMIO_VERSION: u32 = 2;
+/// VendorID we report: "HUSK" in little endian (any value is allowed).
+pub const MMIO_VENDOR_ID: u32 = u32::from_le_bytes(*b"HUSK");
+/// Offset of QueueNotify inside the window: where KVM ioeventfds go.
+pub const QUEUE_NOTIFY_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+/// Offset of the device-specific config space.
+pub const CONFIG_SPACE_OFFSET: u64 = VIRTIO_MMIO_CONFIG as u64;
+
+#[derive(Debug, Error)]
+pub enum TransportError {
+    #[error("device {device}: queue {queue} has an invalid maximum size {max_size}")]
+    QueueMaxSize {
+        device: String,
+        queue: usize,
+        max_size: u16,
+    },
+    #[error("device {device}: cannot create a queue EventFd: {source}")]
+    EventFd {
+        device: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One virtio-mmio window and the device behind it.
+pub struct MmioTransport {
+    name: String,
+    mem: GuestMemoryMmap,
+    device: Box<dyn VirtioDevice + Send>,
+    interrupt: Arc<Interrupt>,
+    /// The driver's view of the queues (sizes, addresses, ready). The device
+    /// gets copies on activation.
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    queue_select: u32,
+    status: u32,
+    config_generation: u32,
+    activated: bool,
+}
+
+impl MmioTransport {
+    pub fn new(
+        name: String,
+        mem: GuestMemoryMmap,
+        device: Box<dyn VirtioDevice + Send>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<Self, TransportError> {
+        let mut queues = Vec::new();
+        let mut queue_events = Vec::new();
+        for (queue, &max_size) in device.queue_max_sizes().iter().enumerate() {
+            let q = Queue::new(max_size).map_err(|_| TransportError::QueueMaxSize {
+                device: name.clone(),
+                queue,
+                max_size,
+            })?;
+            queues.push(q);
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(|source| TransportError::EventFd {
+                device: name.clone(),
+                source,
+            })?;
+            queue_events.push(evt);
+        }
+        Ok(Self {
+            name,
+            mem,
+            device,
+            interrupt,
+            queues,
+            queue_events,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            queue_select: 0,
+            status: 0,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    /// One EventFd per queue, signalled on a QueueNotify write with that
+    /// queue's index. Register them as KVM ioeventfds on
+    /// `base + QUEUE_NOTIFY_OFFSET` with datamatch = the index.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    /// The interrupt this transport raises (for the irqfd registration).
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    /// The device status register (tests and diagnostics).
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// Whether the device accepted DRIVER_OK and runs its worker.
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    fn has_status(&self, bits: u32) -> bool {
+        self.status & bits == bits
+    }
+
+    fn selected_queue(&self) -> Option<&Queue> {
+        self.queues.get(self.queue_select as usize)
+    }
+
+    /// Queue registers are writable between FEATURES_OK and DRIVER_OK.
+    fn update_selected_queue(&mut self, register: &str, update: impl FnOnce(&mut Queue) -> bool) {
+        if !self.has_status(VIRTIO_CONFIG_S_FEATURES_OK)
+            || self.has_status(VIRTIO_CONFIG_S_DRIVER_OK)
+            || self.has_status(VIRTIO_CONFIG_S_FAILED)
+        {
+            tracing::warn!(
+                device = %self.name,
+                register,
+                status = self.status,
+                "queue register written outside queue setup; ignored"
+            );
+            return;
+        }
+        let index = self.queue_select;
+        let Some(queue) = self.queues.get_mut(index as usize) else {
+            tracing::warn!(device = %self.name, register, queue = index, "write to a queue that does not exist; ignored");
+            return;
+        };
+        if !update(queue) {
+            tracing::warn!(device = %self.name, register, queue = index, "invalid queue register value; ignored");
+        }
+    }
+
+    fn device_features_page(&self) -> u32 {
+        let features = self.device.avail_features();
+        match self.device_features_select {
+            0 => features as u32,
+            1 => (features >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    fn write_driver_features(&mut self, value: u32) {
+        if !self.has_status(VIRTIO_CONFIG_S_DRIVER) || self.has_status(VIRTIO_CONFIG_S_FEATURES_OK)
+        {
+            tracing::warn!(device = %self.name, status = self.status, "DriverFeatures written outside feature negotiation; ignored");
+            return;
+        }
+        let value = u64::from(value);
+        match self.driver_features_select {
+            0 => self.driver_features = (self.driver_features & !0xffff_ffff) | value,
+            1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (value << 32),
+            page => {
+                if value != 0 {
+                    tracing::warn!(device = %self.name, page, "driver accepted features in a page the device never offered; ignored");
+                }
+            }
+        }
+    }
+
+    fn notify_queue(&self, index: u32) {
+        let Some(evt) = self.queue_events.get(index as usize) else {
+            tracing::warn!(device = %self.name, queue = index, "notification for a queue that does not exist; ignored");
+            return;
+        };
+        if let Err(e) = evt.write(1) {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                tracing::error!(device = %self.name, queue = index, "cannot signal the queue EventFd: {e}");
+            }
+        }
+    }
+
+    /// The Status register: 0 resets, otherwise the driver may only add bits,
+    /// in the order ACKNOWLEDGE → DRIVER → FEATURES_OK → DRIVER_OK (or FAILED
+    /// at any time).
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status;
+        if value & old != old {
+            tracing::warn!(device = %self.name, old, new = value, "driver cleared status bits without a reset; ignored");
+            return;
+        }
+        let known = VIRTIO_CONFIG_S_ACKNOWLEDGE
+            | VIRTIO_CONFIG_S_DRIVER
+            | VIRTIO_CONFIG_S_FEATURES_OK
+            | VIRTIO_CONFIG_S_DRIVER_OK
+            | VIRTIO_CONFIG_S_FAILED;
+        // NEEDS_RESET is set by the device only; the driver echoes it back.
+        let added = value & !old & !VIRTIO_CONFIG_S_NEEDS_RESET;
+        if added & !known != 0 {
+            tracing::warn!(device = %self.name, value, "driver set unknown status bits; ignored");
+            return;
+        }
+        if added & VIRTIO_CONFIG_S_FAILED != 0 {
+            tracing::warn!(device = %self.name, "guest driver gave up on the device (FAILED)");
+            self.status |= VIRTIO_CONFIG_S_FAILED;
+            return;
+        }
+        let requires = [
+            (VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_ACKNOWLEDGE),
+            (VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_DRIVER),
+            (VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK),
+        ];
+        for (bit, prerequisite) in requires {
+            if value & bit != 0 && value & prerequisite == 0 {
+                tracing::warn!(device = %self.name, old, new = value, "status bits out of order; ignored");
+                return;
+            }
+        }
+
+        let mut new_status = value;
+        if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.accept_features() {
+            // The driver re-reads Status, sees FEATURES_OK missing and gives up.
+            new_status &= !(VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+            self.status = new_status;
+            return;
+        }
+        self.status = new_status;
+        if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.activate();
+        }
+    }
+
+    fn accept_features(&mut self) -> bool {
+        let offered = self.device.avail_features();
+        let accepted = self.driver_features;
+        if accepted & !offered != 0 {
+            tracing::warn!(device = %self.name, offered, accepted, "driver accepted features the device did not offer; refusing FEATURES_OK");
+            return false;
+        }
+        if accepted & VIRTIO_F_VERSION_1 == 0 {
+            tracing::warn!(device = %self.name, accepted, "driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported); refusing FEATURES_OK");
+            return false;
+        }
+        self.device.ack_features(accepted);
+        true
+    }
+
+    fn activate(&mut self) {
+        if let Err(reason) = self.try_activate() {
+            tracing::error!(device = %self.name, "cannot activate the device: {reason}");
+            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+            if let Err(e) = self.interrupt.signal_config_change() {
+                tracing::error!(device = %self.name, "cannot raise the config-change interrupt: {e}");
+            }
+        }
+    }
+
+    fn try_activate(&mut self) -> Result<(), String> {
+        if self.activated {
+            return Err("already active".into());
+        }
+        if !self.queues.iter().any(|q| q.ready()) {
+            return Err("no queue is ready".into());
+        }
+        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (index, queue) in self.queues.iter_mut().enumerate() {
+            if queue.ready() && !queue.is_valid(&self.mem) {
+                return Err(format!(
+                    "queue {index} does not fit in guest memory (size {}, desc {:#x}, avail {:#x}, used {:#x})",
+                    queue.size(),
+                    queue.desc_table(),
+                    queue.avail_ring(),
+                    queue.used_ring()
+                ));
+            }
+            queue.set_event_idx(event_idx);
+            let copy = Queue::try_from(queue.state())
+                .map_err(|e| format!("queue {index} state is inconsistent: {e:?}"))?;
+            queues.push(copy);
+        }
+        let queue_events = self
+            .queue_events
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| format!("cannot clone queue EventFds: {e}"))?;
+        self.device
+            .activate(
+                self.mem.clone(),
+                self.interrupt.clone(),
+                queues,
+                queue_events,
+            )
+            .map_err(|e| e.to_string())?;
+        self.activated = true;
+        tracing::debug!(device = %self.name, features = self.driver_features, "device activated");
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.device.reset();
+            self.activated = false;
+        }
+        for queue in &mut self.queues {
+            queue.reset();
+        }
+        for evt in &self.queue_events {
+            if let Err(e) = drain_eventfd(evt) {
+                tracing::warn!(device = %self.name, "cannot drain a queue EventFd on reset: {e}");
+            }
+        }
+        self.interrupt.clear();
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.queue_select = 0;
+        self.status = 0;
+        tracing::debug!(device = %self.name, "device reset");
+    }
+}
+
+impl Drop for MmioTransport {
+    fn drop(&mut self) {
+        if self.activated {
+            self.device.reset();
+        }
+    }
+}
+
+fn set_low(current: u64, low: u32) -> u64 {
+    (current & !0xffff_ffff) | u64::from(low)
+}
+
+fn set_high(current: u64, high: u32) -> u64 {
+    (current & 0xffff_ffff) | (u64::from(high) << 32)
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            self.device.read_config(offset - CONFIG_SPACE_OFFSET, data);
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            tracing::warn!(device = %self.name, offset, len = data.len(), "register read must be 32-bit and aligned; returning zeros");
+            data.fill(0);
+            return;
+        }
+        let value = match offset as u32 {
+            VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC_VALUE,
+            VIRTIO_MMIO_VERSION => MMIO_VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => MMIO_VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => self.device_features_page(),
+            VIRTIO_MMIO_QUEUE_NUM_MAX => {
+                self.selected_queue().map_or(0, |q| u32::from(q.max_size()))
+            }
+            VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status,
+            // No shared memory regions: length all-ones means "absent".
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
+            VIRTIO_MMIO_SHM_BASE_LOW | VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                tracing::warn!(device = %self.name, offset, "read of a write-only or unknown register; returning zero");
+                0
+            }
+        };
+        data.copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            self.device.write_config(offset - CONFIG_SPACE_OFFSET, data);
+            return;
+        }
+        let value = match <[u8; 4]>::try_from(data) {
+            Ok(bytes) if offset.is_multiple_of(4) => u32::from_le_bytes(bytes),
+            _ => {
+                tracing::warn!(device = %self.name, offset, len = data.len(), "register write must be 32-bit and aligned; ignored");
+                return;
+            }
+        };
+        match offset as u32 {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => self.write_driver_features(value),
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            VIRTIO_MMIO_QUEUE_NUM => self.update_selected_queue("QueueNum", |q| {
+                let valid = u16::try_from(value)
+                    .ok()
+                    .filter(|&size| size.is_power_of_two() && size <= q.max_size());
+                valid.is_some_and(|size| q.try_set_size(size).is_ok())
+            }),
+            VIRTIO_MMIO_QUEUE_READY => self.update_selected_queue("QueueReady", |q| match value {
+                0 | 1 => {
+                    q.set_ready(value == 1);
+                    true
+                }
+                _ => false,
+            }),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => self.update_selected_queue("QueueDescLow", |q| {
+                q.try_set_desc_table_address(GuestAddress(set_low(q.desc_table(), value)))
+                    .is_ok()
+            }),
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => self.update_selected_queue("QueueDescHigh", |q| {
+                q.try_set_desc_table_address(GuestAddress(set_high(q.desc_table(), value)))
+                    .is_ok()
+            }),
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => self.update_selected_queue("QueueDriverLow", |q| {
+                q.try_set_avail_ring_address(GuestAddress(set_low(q.avail_ring(), value)))
+                    .is_ok()
+            }),
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.update_selected_queue("QueueDriverHigh", |q| {
+                q.try_set_avail_ring_address(GuestAddress(set_high(q.avail_ring(), value)))
+                    .is_ok()
+            }),
+            VIRTIO_MMIO_QUEUE_USED_LOW => self.update_selected_queue("QueueDeviceLow", |q| {
+                q.try_set_used_ring_address(GuestAddress(set_low(q.used_ring(), value)))
+                    .is_ok()
+            }),
+            VIRTIO_MMIO_QUEUE_USED_HIGH => self.update_selected_queue("QueueDeviceHigh", |q| {
+                q.try_set_used_ring_address(GuestAddress(set_high(q.used_ring(), value)))
+                    .is_ok()
+            }),
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.notify_queue(value),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            VIRTIO_MMIO_STATUS => self.write_status(value),
+            VIRTIO_MMIO_SHM_SEL => {}
+            _ => {
+                tracing::warn!(device = %self.name, offset, value, "write to a read-only or unknown register; ignored")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    const QUEUE_MAX: u16 = 16;
+
+    #[derive(Default)]
+    struct Recorded {
+        acked_features: Option<u64>,
+        activations: Vec<Vec<(u16, bool, u64, u64, u64)>>,
+        resets: usize,
+        config_writes: Vec<(u64, Vec<u8>)>,
+    }
+
+    struct FakeDevice {
+        recorded: Arc<Mutex<Recorded>>,
+        fail_activation: bool,
+    }
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[QUEUE_MAX, QUEUE_MAX]
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 0b101
+        }
+        fn ack_features(&mut self, features: u64) {
+            self.recorded.lock().unwrap().acked_features = Some(features);
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_space("fake", &[0xa0, 0xa1, 0xa2, 0xa3], offset, data);
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            self.recorded
+                .lock()
+                .unwrap()
+                .config_writes
+                .push((offset, data.to_vec()));
+        }
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            _interrupt: Arc<Interrupt>,
+            queues: Vec<Queue>,
+            queue_events: Vec<EventFd>,
+        ) -> Result<(), super::super::ActivateError> {
+            assert_eq!(queue_events.len(), queues.len());
+            if self.fail_activation {
+                return Err(super::super::ActivateError::QueueNotReady(1));
+            }
+            let summary = queues
+                .iter()
+                .map(|q| {
+                    (
+                        q.size(),
+                        q.ready(),
+                        q.desc_table(),
+                        q.avail_ring(),
+                        q.used_ring(),
+                    )
+                })
+                .collect();
+            self.recorded.lock().unwrap().activations.push(summary);
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.recorded.lock().unwrap().resets += 1;
+        }
+    }
+
+    fn transport_with(fail_activation: bool) -> (MmioTransport, Arc<Mutex<Recorded>>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let recorded = Arc::new(Mutex::new(Recorded::default()));
+        let device = FakeDevice {
+            recorded: recorded.clone(),
+            fail_activation,
+        };
+        let interrupt = Arc::new(Interrupt::new().unwrap());
+        let transport =
+            MmioTransport::new("fake0".into(), mem, Box::new(device), interrupt).unwrap();
+        (transport, recorded)
+    }
+
+    fn read32(t: &mut MmioTransport, offset: u32) -> u32 {
+        let mut data = [0xeeu8; 4];
+        t.read(u64::from(offset), &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write32(t: &mut MmioTransport, offset: u32, value: u32) {
+        t.write(u64::from(offset), &value.to_le_bytes());
+    }
+
+    /// The Linux driver's sequence up to FEATURES_OK.
+    fn negotiate(t: &mut MmioTransport, features: u64) {
+        write32(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write32(
+            t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        write32(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        write32(t, VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
+        write32(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write32(t, VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+        write32(
+            t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+        );
+    }
+
+    fn setup_queue(t: &mut MmioTransport, index: u32, size: u32, base: u64) {
+        write32(t, VIRTIO_MMIO_QUEUE_SEL, index);
+        assert_eq!(read32(t, VIRTIO_MMIO_QUEUE_READY), 0);
+        write32(t, VIRTIO_MMIO_QUEUE_NUM, size);
+        let (desc, avail, used) = (base, base + 0x1000, base + 0x2000);
+        write32(t, VIRTIO_MMIO_QUEUE_DESC_LOW, desc as u32);
+        write32(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, (desc >> 32) as u32);
+        write32(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, avail as u32);
+        write32(t, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, (avail >> 32) as u32);
+        write32(t, VIRTIO_MMIO_QUEUE_USED_LOW, used as u32);
+        write32(t, VIRTIO_MMIO_QUEUE_USED_HIGH, (used >> 32) as u32);
+        write32(t, VIRTIO_MMIO_QUEUE_READY, 1);
+    }
+
+    const ALL_OK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+        | VIRTIO_CONFIG_S_DRIVER
+        | VIRTIO_CONFIG_S_FEATURES_OK
+        | VIRTIO_CONFIG_S_DRIVER_OK;
+
+    #[test]
+    fn identification_registers() {
+        let (mut t, _) = transport_with(false);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_DEVICE_ID), 42);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_VENDOR_ID), MMIO_VENDOR_ID);
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX),
+            u32::from(QUEUE_MAX)
+        );
+        write32(&mut t, VIRTIO_MMIO_QUEUE_SEL, 2);
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX),
+            0,
+            "queue 2 does not exist"
+        );
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_SHM_LEN_LOW), u32::MAX);
+    }
+
+    #[test]
+    fn feature_pages_follow_the_select_register() {
+        let (mut t, _) = transport_with(false);
+        write32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 0b101);
+        write32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES),
+            1,
+            "VERSION_1 is bit 32"
+        );
+        write32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 7);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 0);
+    }
+
+    #[test]
+    fn handshake_activates_with_the_configured_queues() {
+        let (mut t, recorded) = transport_with(false);
+        negotiate(&mut t, VIRTIO_F_VERSION_1 | 0b100);
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
+            VIRTIO_CONFIG_S_FEATURES_OK
+        );
+        assert_eq!(
+            recorded.lock().unwrap().acked_features,
+            Some(VIRTIO_F_VERSION_1 | 0b100)
+        );
+        setup_queue(&mut t, 0, 8, 0x1_0000);
+        setup_queue(&mut t, 1, 16, 0x2_0000);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
+        write32(&mut t, VIRTIO_MMIO_STATUS, ALL_OK);
+        assert!(t.is_activated());
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_STATUS), ALL_OK);
+        let recorded = recorded.lock().unwrap();
+        assert_eq!(
+            recorded.activations,
+            vec![vec![
+                (8, true, 0x1_0000, 0x1_1000, 0x1_2000),
+                (16, true, 0x2_0000, 0x2_1000, 0x2_2000)
+            ]]
+        );
+    }
+
+    #[test]
+    fn features_ok_needs_version_1_and_offered_features_only() {
+        let (mut t, recorded) = transport_with(false);
+        negotiate(&mut t, 0b1);
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_STATUS),
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER
+        );
+        write32(&mut t, VIRTIO_MMIO_STATUS, 0);
+        negotiate(&mut t, VIRTIO_F_VERSION_1 | 0b10);
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
+            0
+        );
+        assert_eq!(recorded.lock().unwrap().acked_features, None);
+    }
+
+    #[test]
+    fn status_bits_must_come_in_order() {
+        let (mut t, recorded) = transport_with(false);
+        write32(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_DRIVER);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_STATUS), 0);
+        write32(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write32(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_STATUS),
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+        );
+        assert!(recorded.lock().unwrap().activations.is_empty());
+        // FAILED is accepted at any point.
+        write32(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_FAILED,
+        );
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_STATUS),
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_FAILED
+        );
+    }
+
+    #[test]
+    fn queue_registers_reject_bad_values_and_wrong_phase() {
+        let (mut t, _) = transport_with(false);
+        // Before FEATURES_OK queue writes are ignored.
+        write32(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_NUM, 3);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_NUM, 32);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_NUM, 0);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1008);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_READY, 2);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_SEL, 9);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        let q = &t.queues[0];
+        assert_eq!(
+            q.size(),
+            QUEUE_MAX,
+            "non-power-of-two, too big and zero sizes are ignored"
+        );
+        assert_eq!(
+            q.desc_table() % 16,
+            0,
+            "misaligned descriptor table ignored"
+        );
+    }
+
+    #[test]
+    fn queue_outside_guest_memory_fails_activation_with_needs_reset() {
+        let (mut t, recorded) = transport_with(false);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 16, 0xff_f000);
+        t.interrupt().ack(u32::MAX);
+        write32(&mut t, VIRTIO_MMIO_STATUS, ALL_OK);
+        assert!(!t.is_activated());
+        assert_ne!(
+            read32(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0
+        );
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+            crate::devices::virtio::interrupt::INTERRUPT_CONFIG_CHANGE
+        );
+        assert!(recorded.lock().unwrap().activations.is_empty());
+    }
+
+    #[test]
+    fn device_refusal_sets_needs_reset() {
+        let (mut t, _) = transport_with(true);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 16, 0x1_0000);
+        write32(&mut t, VIRTIO_MMIO_STATUS, ALL_OK);
+        assert!(!t.is_activated());
+        assert_ne!(
+            read32(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0
+        );
+    }
+
+    #[test]
+    fn no_ready_queue_fails_activation() {
+        let (mut t, recorded) = transport_with(false);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        write32(&mut t, VIRTIO_MMIO_STATUS, ALL_OK);
+        assert!(!t.is_activated());
+        assert!(recorded.lock().unwrap().activations.is_empty());
+    }
+
+    #[test]
+    fn reset_stops_the_device_and_clears_state() {
+        let (mut t, recorded) = transport_with(false);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 8, 0x1_0000);
+        write32(&mut t, VIRTIO_MMIO_STATUS, ALL_OK);
+        assert!(t.is_activated());
+        t.interrupt().signal_used_buffer().unwrap();
+        write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        write32(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert!(!t.is_activated());
+        assert_eq!(recorded.lock().unwrap().resets, 1);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+        assert!(
+            t.queue_events()[0].read().is_err(),
+            "stale notification drained"
+        );
+        // The device can be brought up again.
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 1, 4, 0x3_0000);
+        write32(&mut t, VIRTIO_MMIO_STATUS, ALL_OK);
+        assert!(t.is_activated());
+        assert_eq!(recorded.lock().unwrap().activations.len(), 2);
+    }
+
+    #[test]
+    fn queue_notify_signals_that_queue_only() {
+        let (mut t, _) = transport_with(false);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 5);
+        assert!(t.queue_events()[0].read().is_err());
+        assert_eq!(t.queue_events()[1].read().unwrap(), 1);
+    }
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let (mut t, _) = transport_with(false);
+        t.interrupt().signal_used_buffer().unwrap();
+        t.interrupt().signal_config_change().unwrap();
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 3);
+        write32(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 2);
+    }
+
+    #[test]
+    fn bad_accesses_are_ignored() {
+        let (mut t, _) = transport_with(false);
+        // Narrow and unaligned register reads return zeros.
+        let mut narrow = [0xffu8; 2];
+        t.read(u64::from(VIRTIO_MMIO_MAGIC_VALUE), &mut narrow);
+        assert_eq!(narrow, [0, 0]);
+        let mut unaligned = [0xffu8; 4];
+        t.read(2, &mut unaligned);
+        assert_eq!(unaligned, [0; 4]);
+        // Writes to read-only registers and odd-sized writes change nothing.
+        write32(&mut t, VIRTIO_MMIO_MAGIC_VALUE, 0);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX, 1);
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &[1]);
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_MAGIC_VALUE), MMIO_MAGIC_VALUE);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_STATUS), 0);
+        // Reading a write-only register and an unknown offset gives zero.
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY), 0);
+        assert_eq!(read32(&mut t, 0xf0), 0);
+        // Driver features before DRIVER are ignored.
+        write32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 0xffff_ffff);
+        assert_eq!(t.driver_features, 0);
+    }
+
+    #[test]
+    fn config_space_goes_to_the_device_bounds_checked() {
+        let (mut t, recorded) = transport_with(false);
+        let mut data = [0u8; 2];
+        t.read(CONFIG_SPACE_OFFSET + 2, &mut data);
+        assert_eq!(data, [0xa2, 0xa3]);
+        let mut data = [0xffu8; 4];
+        t.read(CONFIG_SPACE_OFFSET + 0xe00, &mut data);
+        assert_eq!(data, [0; 4]);
+        t.write(CONFIG_SPACE_OFFSET + 1, &[9]);
+        assert_eq!(recorded.lock().unwrap().config_writes, vec![(1, vec![9])]);
+    }
+}
