@@ -1,0 +1,239 @@
+//! Control messages: the JSON payloads of Hello, Request, Response and Event
+//! frames.
+//!
+//! Every enum is externally tagged with snake_case names, e.g.
+//! `{"signal":{"process":1,"signal":15}}`. Unknown fields are ignored (so a
+//! newer peer may add optional fields); unknown variants are errors.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a process in the sandbox for stdio frames, signals and waits.
+/// The host picks it (unique within the VM); it is not a Linux pid.
+pub type ProcessId = u32;
+
+/// Correlates a response with its request. The host picks it; the agent
+/// echoes it.
+pub type RequestId = u32;
+
+/// First frame on the channel, sent by the agent once it is ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    /// The agent crate version, for logs.
+    pub agent_version: String,
+}
+
+/// A host → agent request. Each gets exactly one Response with its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Assemble the rootfs from layer disks and create the container's init
+    /// process (namespaces, cgroup, mounts, credentials), stopped before
+    /// exec until `Start`. Reply: `Created`.
+    CreateContainer(Box<CreateContainer>),
+    /// Let the init process exec its command. Reply: `Done`, or an Error
+    /// naming the exec step (e.g. the command does not exist).
+    Start,
+    /// Run another process in the container's namespaces and cgroup.
+    /// Reply: `Started`.
+    Exec(Box<ExecProcess>),
+    /// Send a signal to a process (to the init process: the whole container
+    /// dies with it). Reply: `Done`.
+    Signal { process: ProcessId, signal: i32 },
+    /// Reply `Exited` once the process has exited (at once if it already
+    /// has). The agent also sends an `Event::ProcessExited` either way.
+    Wait { process: ProcessId },
+    /// Reply: `Stats` of the container cgroup.
+    Stats,
+    /// Close the process's stdin (after any buffered stdin data is
+    /// written). Same effect as an Eof frame on its stdin stream.
+    /// Reply: `Done`.
+    CloseStdin { process: ProcessId },
+    /// Set the window size of a process's pty. Reply: `Done`.
+    ResizeTty {
+        process: ProcessId,
+        rows: u16,
+        cols: u16,
+    },
+    /// Kill everything, sync, unmount and power the VM off. Reply `Done`
+    /// is sent before the power-off.
+    Shutdown,
+}
+
+/// Everything the agent needs to build and create the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateContainer {
+    pub container_id: String,
+    /// The id stdio frames, signals and waits use for the init process.
+    pub init_process: ProcessId,
+    /// The OCI runtime spec. `root.path` is ignored: the rootfs is the
+    /// overlay of `layers` (+ the writable upper). Users are numeric.
+    pub spec: oci_spec::runtime::Spec,
+    /// Image layers, BOTTOM first (the order of the image manifest).
+    pub layers: Vec<LayerDisk>,
+    /// Writable upper layer on a disk (ext4); tmpfs when `None`.
+    #[serde(default)]
+    pub scratch: Option<ScratchDisk>,
+    /// Connect the process's stdin to the channel (else /dev/null). With a
+    /// terminal the pty is always the stdin.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// A read-only erofs layer on a virtio-blk disk, found by its serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerDisk {
+    /// virtio-blk serial (at most 20 bytes: the virtio limit).
+    pub serial: String,
+    /// The layer's digest, for error messages.
+    pub digest: String,
+}
+
+/// A writable ext4 disk for the overlay upper and work dirs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScratchDisk {
+    pub serial: String,
+}
+
+/// A process to start in a running container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecProcess {
+    pub process: ProcessId,
+    /// args, env, cwd, user, terminal, capabilities, rlimits, no_new_privs.
+    pub spec: oci_spec::runtime::Process,
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// The agent's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(Reply),
+    Error(ErrorReply),
+}
+
+/// What a successful request returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Done,
+    /// The container's init process exists (guest pid, for logs).
+    Created {
+        pid: i32,
+    },
+    /// An exec'd process runs (guest pid, for logs).
+    Started {
+        pid: i32,
+    },
+    Exited(ExitStatus),
+    Stats(ContainerStats),
+}
+
+/// A failure, naming the step that failed so the user sees where, e.g.
+/// step "mount layer vdb (sha256:ab..)", message "Invalid argument".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub step: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
+/// Unsolicited agent → host notifications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// Sent once per process, after its stdout/stderr reached EOF (or a
+    /// short grace period passed), so output precedes the exit.
+    ProcessExited {
+        process: ProcessId,
+        status: ExitStatus,
+    },
+}
+
+/// How a process ended: exactly one of `code` and `signal` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    pub fn exited(code: i32) -> Self {
+        Self {
+            code: Some(code),
+            signal: None,
+        }
+    }
+
+    pub fn signaled(signal: i32) -> Self {
+        Self {
+            code: None,
+            signal: Some(signal),
+        }
+    }
+
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(code), _) => code & 0xff,
+            (None, Some(signal)) => 128 + (signal & 0x7f),
+            // Malformed (both unset): report a generic failure, not success.
+            (None, None) => 255,
+        }
+    }
+}
+
+/// Cgroup v2 figures of the container; `None` where the file is missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub memory_current_bytes: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+    pub cpu_usage_usec: Option<u64>,
+    pub pids_current: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_code_maps_signals_to_128_plus_n() {
+        assert_eq!(ExitStatus::exited(0).shell_code(), 0);
+        assert_eq!(ExitStatus::exited(42).shell_code(), 42);
+        assert_eq!(ExitStatus::signaled(9).shell_code(), 137);
+        assert_eq!(ExitStatus::signaled(15).shell_code(), 143);
+        let neither = ExitStatus {
+            code: None,
+            signal: None,
+        };
+        assert_eq!(neither.shell_code(), 255);
+    }
+
+    #[test]
+    fn request_json_shape_is_snake_case_tagged() {
+        let json = serde_json::to_string(&Request::Signal {
+            process: 1,
+            signal: 15,
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"signal":{"process":1,"signal":15}}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Start).unwrap(),
+            r#""start""#
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_but_unknown_variants_rejected() {
+        let req: Request =
+            serde_json::from_str(r#"{"wait":{"process":3,"future_field":true}}"#).unwrap();
+        assert_eq!(req, Request::Wait { process: 3 });
+        assert!(serde_json::from_str::<Request>(r#"{"format_disk":{}}"#).is_err());
+    }
+}
