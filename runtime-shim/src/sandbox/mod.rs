@@ -1,1 +1,6 @@
-//! Sandboxes: VM backends (husk-vmm, QEMU), initramfs, agent client. See issue 4.
+//! Sandboxes: a microVM per container. `backend` is the seam to the program
+//! that runs the VM (`husk_vmm`, `qemu`); `initramfs` packs the guest agent.
+
+pub mod backend;
+pub mod initramfs;
+pub mod qemu;

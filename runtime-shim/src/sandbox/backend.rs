@@ -1,0 +1,338 @@
+//! The seam between a sandbox and the program that runs its VM.
+//!
+//! A backend turns a [`VmConfig`] (kernel, initramfs, disks, console socket,
+//! vCPUs, memory) into a running VM process. Both backends (our `husk-vmm`
+//! and QEMU) are child processes, so the handle is one concrete type,
+//! [`VmProcess`], that owns the child and kills it when dropped: a VM never
+//! outlives the `husk` that started it.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which program runs the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Our own VMM, `husk-vmm`.
+    HuskVmm,
+    /// `qemu-system-x86_64 -M microvm` with KVM acceleration.
+    QemuKvm,
+    /// `qemu-system-x86_64 -M microvm` with software emulation (TCG).
+    QemuTcg,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::HuskVmm => "husk-vmm (KVM)",
+            BackendKind::QemuKvm => "qemu microvm (KVM)",
+            BackendKind::QemuTcg => "qemu microvm (TCG, software emulation)",
+        })
+    }
+}
+
+/// A block device for the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// virtio-blk serial: the guest finds its layer disks by this name.
+    pub serial: String,
+}
+
+/// Everything a backend needs to start one VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub disks: Vec<DiskConfig>,
+    /// Host end of the guest's virtio console (`/dev/hvc0`); the VM listens.
+    pub console_socket: PathBuf,
+    /// Where the guest's serial console (kernel log) goes.
+    pub serial_log: PathBuf,
+    /// Where the VM program's own stderr goes, quoted in errors.
+    pub vmm_log: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Kernel command-line words appended after the backend's own.
+    pub cmdline_extra: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{program} not found: {hint}")]
+    ProgramMissing { program: String, hint: String },
+    #[error("cannot create {path}: {source}")]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("waiting for the VM process: {0}")]
+    Wait(std::io::Error),
+    #[error("invalid VM configuration: {0}")]
+    Config(String),
+}
+
+/// Starts VMs.
+pub trait VmBackend {
+    fn kind(&self) -> BackendKind;
+    /// Start the VM; it runs until it powers off or the handle is dropped.
+    fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError>;
+}
+
+/// Kernel command line shared by every backend: the serial console for the
+/// kernel's messages, no reboot loops (a reboot or panic ends the VM), and
+/// little chatter so boot stays fast.
+pub fn base_cmdline() -> Vec<String> {
+    ["console=ttyS0", "reboot=k", "panic=-1", "loglevel=4"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Spawn a VM program: stdin closed, stdout and stderr to `vmm_log`, in its
+/// own process group (a Ctrl-C on the terminal is for the container, which
+/// husk forwards, not for the VM program) and killed by the kernel if husk
+/// dies without cleaning up.
+pub(crate) fn spawn_vm(
+    kind: BackendKind,
+    mut command: Command,
+    config: &VmConfig,
+) -> Result<VmProcess, BackendError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let log = File::create(&config.vmm_log).map_err(|source| BackendError::Log {
+        path: config.vmm_log.clone(),
+        source,
+    })?;
+    let log_err = log.try_clone().map_err(|source| BackendError::Log {
+        path: config.vmm_log.clone(),
+        source,
+    })?;
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .process_group(0);
+    // SAFETY: the closure runs between fork and exec and calls only prctl and
+    // getppid, which are async-signal-safe.
+    unsafe {
+        let parent = libc::getpid();
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    tracing::debug!(?command, "starting VM");
+    let child = command.spawn().map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            BackendError::ProgramMissing {
+                program: program.clone(),
+                hint: "install it or pick another --backend".into(),
+            }
+        } else {
+            BackendError::Spawn {
+                program: program.clone(),
+                source,
+            }
+        }
+    })?;
+    Ok(VmProcess {
+        child,
+        kind,
+        program,
+        serial_log: config.serial_log.clone(),
+        vmm_log: config.vmm_log.clone(),
+        status: None,
+    })
+}
+
+/// A running VM program. Dropping it kills and reaps the process.
+#[derive(Debug)]
+pub struct VmProcess {
+    child: Child,
+    kind: BackendKind,
+    program: String,
+    serial_log: PathBuf,
+    vmm_log: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl VmProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// The exit status if the VM program has ended, without blocking.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, BackendError> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().map_err(BackendError::Wait)?;
+        }
+        Ok(self.status)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        // An error from waitpid means there is no such child any more.
+        matches!(self.try_wait(), Ok(None))
+    }
+
+    /// Wait up to `timeout` for the VM program to end on its own.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, BackendError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kill the VM program (if still running) and reap it.
+    pub fn kill(&mut self) -> Result<ExitStatus, BackendError> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        // ESRCH here means it just ended; the wait below reaps it either way.
+        let _ = self.child.kill();
+        let status = self.child.wait().map_err(BackendError::Wait)?;
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    /// A one-line description of how the VM program ended, with the end of
+    /// its own log and of the guest's serial console, for error messages.
+    pub fn describe_end(&mut self) -> String {
+        let how = match self.try_wait() {
+            Ok(Some(status)) => describe_status(status),
+            Ok(None) => "is still running".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let mut text = format!("{} (pid {}) {how}", self.program, self.child.id());
+        for (label, path) in [("its log", &self.vmm_log), ("guest console", &self.serial_log)] {
+            let tail = tail_of_file(path, 1500);
+            if !tail.trim().is_empty() {
+                text.push_str(&format!("\n--- {label} ({}) ---\n{}", path.display(), tail.trim_end()));
+            }
+        }
+        text
+    }
+}
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            tracing::warn!(pid = self.child.id(), error = %e, "could not reap the VM process");
+        }
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => format!("ended ({status})"),
+    }
+}
+
+/// The last `max` bytes of a file as lossy text, or "" if unreadable.
+pub(crate) fn tail_of_file(path: &Path, max: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if file.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = file.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> VmConfig {
+        VmConfig {
+            kernel: dir.join("k"),
+            initramfs: dir.join("i"),
+            disks: vec![],
+            console_socket: dir.join("sock"),
+            serial_log: dir.join("serial.log"),
+            vmm_log: dir.join("vmm.log"),
+            vcpus: 1,
+            memory_mib: 64,
+            cmdline_extra: vec![],
+        }
+    }
+
+    #[test]
+    fn dropping_the_handle_kills_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let vm = spawn_vm(BackendKind::QemuTcg, cmd, &config(dir.path())).unwrap();
+        let pid = vm.pid() as i32;
+        drop(vm);
+        // Reaped: the pid no longer names our child.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "VM process {pid} survived its handle");
+    }
+
+    #[test]
+    fn wait_timeout_reports_exit_and_log_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo boom >&2; exit 3"]);
+        let mut vm = spawn_vm(BackendKind::QemuTcg, cmd, &config(dir.path())).unwrap();
+        let status = vm.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(status.code(), Some(3));
+        let text = vm.describe_end();
+        assert!(text.contains("exited with status 3"), "{text}");
+        assert!(text.contains("boom"), "{text}");
+    }
+
+    #[test]
+    fn wait_timeout_gives_up_on_a_running_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let mut vm = spawn_vm(BackendKind::QemuTcg, cmd, &config(dir.path())).unwrap();
+        assert!(vm.wait_timeout(Duration::from_millis(50)).unwrap().is_none());
+        let status = vm.kill().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn missing_program_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = Command::new("/nonexistent/qemu-system-x86_64");
+        let err = spawn_vm(BackendKind::QemuTcg, cmd, &config(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/qemu-system-x86_64 not found"), "{err}");
+    }
+}

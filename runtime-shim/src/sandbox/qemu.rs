@@ -1,0 +1,167 @@
+//! QEMU backend: `qemu-system-x86_64 -M microvm`, the same virtio-mmio
+//! devices our VMM offers (virtio-blk per disk, a virtio console on a Unix
+//! socket), with KVM where the host is ready and TCG elsewhere.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::backend::{base_cmdline, spawn_vm, BackendError, BackendKind, VmBackend, VmConfig, VmProcess};
+
+pub struct QemuBackend {
+    program: PathBuf,
+    accel: Accel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl QemuBackend {
+    /// `qemu-system-x86_64` from PATH, or the program named by `HUSK_QEMU`.
+    pub fn new(accel: Accel) -> Self {
+        let program = std::env::var_os("HUSK_QEMU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+        QemuBackend { program, accel }
+    }
+
+    /// The full command line for `config`.
+    pub fn command(&self, config: &VmConfig) -> Result<Command, BackendError> {
+        let mut cmd = Command::new(&self.program);
+        // microvm with ACPI off: QEMU then describes each virtio-mmio device
+        // to the kernel by appending `virtio_mmio.device=` words to the
+        // command line (auto-kernel-cmdline, on by default), so the kernel
+        // needs CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES.
+        cmd.args(["-M", "microvm,acpi=off,auto-kernel-cmdline=on"]);
+        cmd.args(["-accel", if self.accel == Accel::Kvm { "kvm" } else { "tcg" }]);
+        if self.accel == Accel::Kvm {
+            cmd.args(["-cpu", "host"]);
+        }
+        cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        cmd.arg("-serial").arg(format!("file:{}", qemu_path(&config.serial_log)?));
+        cmd.arg("-kernel").arg(&config.kernel);
+        cmd.arg("-initrd").arg(&config.initramfs);
+        let mut cmdline = base_cmdline();
+        cmdline.extend(config.cmdline_extra.iter().cloned());
+        cmd.arg("-append").arg(cmdline.join(" "));
+        cmd.arg("-m").arg(config.memory_mib.to_string());
+        cmd.arg("-smp").arg(config.vcpus.to_string());
+        cmd.arg("-chardev").arg(format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            qemu_path(&config.console_socket)?
+        ));
+        cmd.args(["-device", "virtio-serial-device", "-device", "virtconsole,chardev=agent"]);
+        for (index, disk) in config.disks.iter().enumerate() {
+            if disk.serial.is_empty()
+                || !disk.serial.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(BackendError::Config(format!("bad disk serial {:?}", disk.serial)));
+            }
+            let id = format!("disk{index}");
+            let mut drive = format!("file={},if=none,id={id},format=raw", qemu_path(&disk.path)?);
+            if disk.read_only {
+                drive.push_str(",readonly=on");
+            }
+            cmd.arg("-drive").arg(drive);
+            cmd.arg("-device")
+                .arg(format!("virtio-blk-device,drive={id},serial={}", disk.serial));
+        }
+        Ok(cmd)
+    }
+}
+
+impl VmBackend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        match self.accel {
+            Accel::Kvm => BackendKind::QemuKvm,
+            Accel::Tcg => BackendKind::QemuTcg,
+        }
+    }
+
+    fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError> {
+        let cmd = self.command(config)?;
+        spawn_vm(self.kind(), cmd, config)
+    }
+}
+
+/// A path as a QEMU option value. QEMU splits option strings at commas, so a
+/// path holding one would change the option's meaning: refuse it.
+fn qemu_path(path: &std::path::Path) -> Result<String, BackendError> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| BackendError::Config(format!("path is not UTF-8: {}", path.display())))?;
+    if text.contains(',') {
+        return Err(BackendError::Config(format!(
+            "QEMU cannot take a path with a comma: {text}"
+        )));
+    }
+    Ok(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::backend::DiskConfig;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            kernel: "/k/vmlinux".into(),
+            initramfs: "/c/init.cpio".into(),
+            disks: vec![
+                DiskConfig { path: "/s/l0.erofs".into(), read_only: true, serial: "layer0".into() },
+                DiskConfig { path: "/s/scratch".into(), read_only: false, serial: "scratch".into() },
+            ],
+            console_socket: "/r/console.sock".into(),
+            serial_log: "/r/serial.log".into(),
+            vmm_log: "/r/vmm.log".into(),
+            vcpus: 2,
+            memory_mib: 320,
+            cmdline_extra: vec!["husk.debug=1".into()],
+        }
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn tcg_command_line_has_the_devices() {
+        let cmd = QemuBackend { program: "qemu".into(), accel: Accel::Tcg }.command(&config()).unwrap();
+        let a = args(&cmd).join(" ");
+        assert!(a.contains("-M microvm,acpi=off,auto-kernel-cmdline=on"), "{a}");
+        assert!(a.contains("-accel tcg"), "{a}");
+        assert!(!a.contains("-cpu host"), "{a}");
+        assert!(a.contains("-serial file:/r/serial.log"), "{a}");
+        assert!(a.contains("-m 320 -smp 2"), "{a}");
+        assert!(a.contains("socket,id=agent,path=/r/console.sock,server=on,wait=off"), "{a}");
+        assert!(a.contains("file=/s/l0.erofs,if=none,id=disk0,format=raw,readonly=on"), "{a}");
+        assert!(a.contains("virtio-blk-device,drive=disk0,serial=layer0"), "{a}");
+        assert!(a.contains("file=/s/scratch,if=none,id=disk1,format=raw -device"), "{a}");
+        let append = args(&cmd).iter().skip_while(|x| *x != "-append").nth(1).cloned().unwrap();
+        assert!(append.starts_with("console=ttyS0 "), "{append}");
+        assert!(append.ends_with("husk.debug=1"), "{append}");
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        let a = args(&QemuBackend { program: "qemu".into(), accel: Accel::Kvm }.command(&config()).unwrap());
+        assert!(a.join(" ").contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn comma_in_a_path_is_refused() {
+        let mut c = config();
+        c.disks[0].path = "/s/a,b".into();
+        let err = QemuBackend::new(Accel::Tcg).command(&c).unwrap_err();
+        assert!(err.to_string().contains("comma"), "{err}");
+    }
+
+    #[test]
+    fn odd_serial_is_refused() {
+        let mut c = config();
+        c.disks[0].serial = "a,b".into();
+        assert!(QemuBackend::new(Accel::Tcg).command(&c).is_err());
+    }
+}
