@@ -2,4 +2,6 @@
 //! virtio-mmio devices on the MMIO bus; `bus` routes vCPU exits to them.
 
 pub mod bus;
+pub mod i8042;
+pub mod serial;
 pub mod virtio;
