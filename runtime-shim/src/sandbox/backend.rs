@@ -127,7 +127,14 @@ pub(crate) fn spawn_vm(
     unsafe {
         let parent = libc::getpid();
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died before prctl took effect.
@@ -233,10 +240,17 @@ impl VmProcess {
             Err(e) => e.to_string(),
         };
         let mut text = format!("{} (pid {}) {how}", self.program, self.child.id());
-        for (label, path) in [("its log", &self.vmm_log), ("guest console", &self.serial_log)] {
+        for (label, path) in [
+            ("its log", &self.vmm_log),
+            ("guest console", &self.serial_log),
+        ] {
             let tail = tail_of_file(path, 1500);
             if !tail.trim().is_empty() {
-                text.push_str(&format!("\n--- {label} ({}) ---\n{}", path.display(), tail.trim_end()));
+                text.push_str(&format!(
+                    "\n--- {label} ({}) ---\n{}",
+                    path.display(),
+                    tail.trim_end()
+                ));
             }
         }
         text
@@ -323,7 +337,10 @@ mod tests {
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
         let mut vm = spawn_vm(BackendKind::QemuTcg, cmd, &config(dir.path())).unwrap();
-        assert!(vm.wait_timeout(Duration::from_millis(50)).unwrap().is_none());
+        assert!(vm
+            .wait_timeout(Duration::from_millis(50))
+            .unwrap()
+            .is_none());
         let status = vm.kill().unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
@@ -333,6 +350,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cmd = Command::new("/nonexistent/qemu-system-x86_64");
         let err = spawn_vm(BackendKind::QemuTcg, cmd, &config(dir.path())).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/qemu-system-x86_64 not found"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/qemu-system-x86_64 not found"),
+            "{err}"
+        );
     }
 }

@@ -13,7 +13,16 @@ use sha2::{Digest, Sha256};
 const LAYOUT_VERSION: &str = "husk-initramfs-v1";
 
 /// Mount points and working directories the agent expects to exist.
-const DIRECTORIES: &[&str] = &["dev", "proc", "sys", "run", "mnt", "tmp", "sys/fs", "sys/fs/cgroup"];
+const DIRECTORIES: &[&str] = &[
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "mnt",
+    "tmp",
+    "sys/fs",
+    "sys/fs/cgroup",
+];
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
@@ -58,13 +67,18 @@ pub fn cached(store: &Path, agent: &Path) -> Result<PathBuf, InitramfsError> {
             path: agent.to_path_buf(),
             size: agent_bytes.len(),
         },
-        BuildError::Io(source) => InitramfsError::Write { path: target.clone(), source },
+        BuildError::Io(source) => InitramfsError::Write {
+            path: target.clone(),
+            source,
+        },
     })?;
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(write_err(&dir))?;
     tmp.write_all(&archive).map_err(write_err(tmp.path()))?;
     tmp.as_file().sync_all().map_err(write_err(tmp.path()))?;
-    tmp.persist(&target)
-        .map_err(|e| InitramfsError::Write { path: target.clone(), source: e.error })?;
+    tmp.persist(&target).map_err(|e| InitramfsError::Write {
+        path: target.clone(),
+        source: e.error,
+    })?;
     tracing::info!(path = %target.display(), "built the guest initramfs");
     Ok(target)
 }
@@ -84,10 +98,21 @@ fn build(agent: &[u8]) -> Result<Vec<u8>, BuildError> {
         ino += 1;
         ino
     };
-    let dir = |name: &str, ino: u32| cpio::NewcBuilder::new(name).ino(ino).mode(S_IFDIR | 0o755).nlink(2);
-    out = dir(".", next_ino()).write(out, 0).finish().map_err(BuildError::Io)?;
+    let dir = |name: &str, ino: u32| {
+        cpio::NewcBuilder::new(name)
+            .ino(ino)
+            .mode(S_IFDIR | 0o755)
+            .nlink(2)
+    };
+    out = dir(".", next_ino())
+        .write(out, 0)
+        .finish()
+        .map_err(BuildError::Io)?;
     for name in DIRECTORIES {
-        out = dir(name, next_ino()).write(out, 0).finish().map_err(BuildError::Io)?;
+        out = dir(name, next_ino())
+            .write(out, 0)
+            .finish()
+            .map_err(BuildError::Io)?;
     }
     // The kernel opens /dev/console for init's stdin/stdout/stderr before
     // anything is mounted; without the node, init starts with no stdio.
@@ -123,7 +148,12 @@ mod tests {
                 break;
             }
             let e = reader.entry();
-            let (name, mode, major, minor) = (e.name().to_string(), e.mode(), e.rdev_major(), e.rdev_minor());
+            let (name, mode, major, minor) = (
+                e.name().to_string(),
+                e.mode(),
+                e.rdev_major(),
+                e.rdev_minor(),
+            );
             let mut data = Vec::new();
             reader.read_to_end(&mut data).unwrap();
             found.push((name, mode, data, major, minor));
@@ -140,11 +170,17 @@ mod tests {
         assert_eq!(init.1, S_IFREG | 0o755);
         assert_eq!(init.2, agent);
         for d in ["dev", "proc", "sys", "run", "mnt", "sys/fs/cgroup"] {
-            let e = all.iter().find(|e| e.0 == d).unwrap_or_else(|| panic!("{d} missing"));
+            let e = all
+                .iter()
+                .find(|e| e.0 == d)
+                .unwrap_or_else(|| panic!("{d} missing"));
             assert_eq!(e.1 & 0o170000, S_IFDIR, "{d} is not a directory");
         }
         let console = all.iter().find(|e| e.0 == "dev/console").expect("console");
-        assert_eq!((console.1 & 0o170000, console.3, console.4), (S_IFCHR, 5, 1));
+        assert_eq!(
+            (console.1 & 0o170000, console.3, console.4),
+            (S_IFCHR, 5, 1)
+        );
         // Parents come before children, as the kernel's unpacker needs.
         let pos = |n: &str| all.iter().position(|e| e.0 == n).unwrap();
         assert!(pos("dev") < pos("dev/console"));
@@ -168,10 +204,24 @@ mod tests {
             .unwrap();
         child.stdin.take().unwrap().write_all(&archive).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8_lossy(&out.stdout);
-        assert!(listing.lines().any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with(" init")), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with("crw-------") && l.ends_with(" dev/console")), "{listing}");
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with(" init")),
+            "{listing}"
+        );
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("crw-------") && l.ends_with(" dev/console")),
+            "{listing}"
+        );
     }
 
     #[test]
@@ -187,9 +237,18 @@ mod tests {
         fs::write(&agent, b"two").unwrap();
         let second = cached(store.path(), &agent).unwrap();
         assert_ne!(first, second);
-        assert_eq!(entries(&fs::read(&second).unwrap()).iter().find(|e| e.0 == "init").unwrap().2, b"two");
+        assert_eq!(
+            entries(&fs::read(&second).unwrap())
+                .iter()
+                .find(|e| e.0 == "init")
+                .unwrap()
+                .2,
+            b"two"
+        );
         // Only whole archives in the cache directory, no temporaries.
-        let names: Vec<_> = fs::read_dir(store.path().join("cache/initramfs")).unwrap().collect();
+        let names: Vec<_> = fs::read_dir(store.path().join("cache/initramfs"))
+            .unwrap()
+            .collect();
         assert_eq!(names.len(), 2);
     }
 

@@ -4,3 +4,4 @@
 pub mod backend;
 pub mod initramfs;
 pub mod qemu;
+pub mod spec;

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::backend::{base_cmdline, spawn_vm, BackendError, BackendKind, VmBackend, VmConfig, VmProcess};
+use super::backend::{
+    base_cmdline, spawn_vm, BackendError, BackendKind, VmBackend, VmConfig, VmProcess,
+};
 
 pub struct QemuBackend {
     program: PathBuf,
@@ -35,12 +37,20 @@ impl QemuBackend {
         // command line (auto-kernel-cmdline, on by default), so the kernel
         // needs CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES.
         cmd.args(["-M", "microvm,acpi=off,auto-kernel-cmdline=on"]);
-        cmd.args(["-accel", if self.accel == Accel::Kvm { "kvm" } else { "tcg" }]);
+        cmd.args([
+            "-accel",
+            if self.accel == Accel::Kvm {
+                "kvm"
+            } else {
+                "tcg"
+            },
+        ]);
         if self.accel == Accel::Kvm {
             cmd.args(["-cpu", "host"]);
         }
         cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-        cmd.arg("-serial").arg(format!("file:{}", qemu_path(&config.serial_log)?));
+        cmd.arg("-serial")
+            .arg(format!("file:{}", qemu_path(&config.serial_log)?));
         cmd.arg("-kernel").arg(&config.kernel);
         cmd.arg("-initrd").arg(&config.initramfs);
         let mut cmdline = base_cmdline();
@@ -52,12 +62,23 @@ impl QemuBackend {
             "socket,id=agent,path={},server=on,wait=off",
             qemu_path(&config.console_socket)?
         ));
-        cmd.args(["-device", "virtio-serial-device", "-device", "virtconsole,chardev=agent"]);
+        cmd.args([
+            "-device",
+            "virtio-serial-device",
+            "-device",
+            "virtconsole,chardev=agent",
+        ]);
         for (index, disk) in config.disks.iter().enumerate() {
             if disk.serial.is_empty()
-                || !disk.serial.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || !disk
+                    .serial
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
-                return Err(BackendError::Config(format!("bad disk serial {:?}", disk.serial)));
+                return Err(BackendError::Config(format!(
+                    "bad disk serial {:?}",
+                    disk.serial
+                )));
             }
             let id = format!("disk{index}");
             let mut drive = format!("file={},if=none,id={id},format=raw", qemu_path(&disk.path)?);
@@ -65,8 +86,10 @@ impl QemuBackend {
                 drive.push_str(",readonly=on");
             }
             cmd.arg("-drive").arg(drive);
-            cmd.arg("-device")
-                .arg(format!("virtio-blk-device,drive={id},serial={}", disk.serial));
+            cmd.arg("-device").arg(format!(
+                "virtio-blk-device,drive={id},serial={}",
+                disk.serial
+            ));
         }
         Ok(cmd)
     }
@@ -110,8 +133,16 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initramfs: "/c/init.cpio".into(),
             disks: vec![
-                DiskConfig { path: "/s/l0.erofs".into(), read_only: true, serial: "layer0".into() },
-                DiskConfig { path: "/s/scratch".into(), read_only: false, serial: "scratch".into() },
+                DiskConfig {
+                    path: "/s/l0.erofs".into(),
+                    read_only: true,
+                    serial: "layer0".into(),
+                },
+                DiskConfig {
+                    path: "/s/scratch".into(),
+                    read_only: false,
+                    serial: "scratch".into(),
+                },
             ],
             console_socket: "/r/console.sock".into(),
             serial_log: "/r/serial.log".into(),
@@ -123,30 +154,64 @@ mod tests {
     }
 
     fn args(cmd: &Command) -> Vec<String> {
-        cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
     fn tcg_command_line_has_the_devices() {
-        let cmd = QemuBackend { program: "qemu".into(), accel: Accel::Tcg }.command(&config()).unwrap();
+        let cmd = QemuBackend {
+            program: "qemu".into(),
+            accel: Accel::Tcg,
+        }
+        .command(&config())
+        .unwrap();
         let a = args(&cmd).join(" ");
-        assert!(a.contains("-M microvm,acpi=off,auto-kernel-cmdline=on"), "{a}");
+        assert!(
+            a.contains("-M microvm,acpi=off,auto-kernel-cmdline=on"),
+            "{a}"
+        );
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(!a.contains("-cpu host"), "{a}");
         assert!(a.contains("-serial file:/r/serial.log"), "{a}");
         assert!(a.contains("-m 320 -smp 2"), "{a}");
-        assert!(a.contains("socket,id=agent,path=/r/console.sock,server=on,wait=off"), "{a}");
-        assert!(a.contains("file=/s/l0.erofs,if=none,id=disk0,format=raw,readonly=on"), "{a}");
-        assert!(a.contains("virtio-blk-device,drive=disk0,serial=layer0"), "{a}");
-        assert!(a.contains("file=/s/scratch,if=none,id=disk1,format=raw -device"), "{a}");
-        let append = args(&cmd).iter().skip_while(|x| *x != "-append").nth(1).cloned().unwrap();
+        assert!(
+            a.contains("socket,id=agent,path=/r/console.sock,server=on,wait=off"),
+            "{a}"
+        );
+        assert!(
+            a.contains("file=/s/l0.erofs,if=none,id=disk0,format=raw,readonly=on"),
+            "{a}"
+        );
+        assert!(
+            a.contains("virtio-blk-device,drive=disk0,serial=layer0"),
+            "{a}"
+        );
+        assert!(
+            a.contains("file=/s/scratch,if=none,id=disk1,format=raw -device"),
+            "{a}"
+        );
+        let append = args(&cmd)
+            .iter()
+            .skip_while(|x| *x != "-append")
+            .nth(1)
+            .cloned()
+            .unwrap();
         assert!(append.starts_with("console=ttyS0 "), "{append}");
         assert!(append.ends_with("husk.debug=1"), "{append}");
     }
 
     #[test]
     fn kvm_uses_the_host_cpu() {
-        let a = args(&QemuBackend { program: "qemu".into(), accel: Accel::Kvm }.command(&config()).unwrap());
+        let a = args(
+            &QemuBackend {
+                program: "qemu".into(),
+                accel: Accel::Kvm,
+            }
+            .command(&config())
+            .unwrap(),
+        );
         assert!(a.join(" ").contains("-accel kvm -cpu host"));
     }
 
