@@ -471,10 +471,13 @@ mod tests {
 
     const QUEUE_MAX: u16 = 16;
 
+    /// (size, ready, desc, avail, used) of one queue handed to the device.
+    type QueueSummary = (u16, bool, u64, u64, u64);
+
     #[derive(Default)]
     struct Recorded {
         acked_features: Option<u64>,
-        activations: Vec<Vec<(u16, bool, u64, u64, u64)>>,
+        activations: Vec<Vec<QueueSummary>>,
         resets: usize,
         config_writes: Vec<(u64, Vec<u8>)>,
     }

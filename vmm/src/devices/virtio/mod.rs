@@ -30,11 +30,13 @@
 //! Dropping the transport stops the device's worker thread; dropping the
 //! console removes its socket file.
 
-// pub mod block;
+pub mod block;
 // pub mod console;
 mod device;
 pub mod interrupt;
 pub mod mmio;
+#[cfg(test)]
+pub(crate) mod test_utils;
 mod worker;
 
 pub use device::{ActivateError, VirtioDevice};

@@ -1,0 +1,295 @@
+//! virtio-blk over a raw disk image: one request queue, IN/OUT/FLUSH/GET_ID,
+//! the read-only flag honoured. `request` checks what the guest sends,
+//! `disk` does the I/O, `worker` runs the queue on its own thread.
+//!
+//! Features offered: VERSION_1, FLUSH, SEG_MAX, SIZE_MAX, and RO for a
+//! read-only disk. Not offered: EVENT_IDX (we interrupt after every batch),
+//! indirect descriptors, multiqueue, discard.
+
+mod disk;
+mod request;
+mod worker;
+
+use std::fs::OpenOptions;
+use std::io::{self, Seek, SeekFrom};
+use std::mem::{offset_of, size_of};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+use virtio_bindings::virtio_blk::{
+    virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use disk::ID_BYTES;
+pub use request::SECTOR_SIZE;
+
+use self::disk::Disk;
+use self::request::{MAX_SEGMENTS, MAX_SEGMENT_SIZE};
+use self::worker::BlockWorker;
+use super::worker::Worker;
+use super::{read_config_space, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::exit::ExitSender;
+
+/// Size of the single request queue.
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+
+#[derive(Debug, Error)]
+pub enum BlockError {
+    #[error("cannot open disk image {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot find the size of disk image {path}: {source}")]
+    Size {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("disk serial {serial:?} is invalid: {reason}")]
+    InvalidSerial {
+        serial: String,
+        reason: &'static str,
+    },
+}
+
+/// A virtio-blk device. Create it with [`Block::new`] and hand it to an
+/// [`MmioTransport`](super::MmioTransport).
+pub struct Block {
+    label: String,
+    capacity_sectors: u64,
+    read_only: bool,
+    config: Vec<u8>,
+    avail_features: u64,
+    acked_features: u64,
+    /// Owned here while inactive, by the worker while active.
+    disk: Option<Disk>,
+    worker: Option<Worker<Disk>>,
+    exit: ExitSender,
+}
+
+impl Block {
+    /// Opens `path` as a raw disk. `serial` (at most 20 bytes, no NUL) is
+    /// what the guest reads from /sys/block/vdX/serial. A size that is not a
+    /// multiple of 512 is rounded down (the tail is unreachable).
+    pub fn new(
+        path: impl AsRef<Path>,
+        read_only: bool,
+        serial: String,
+        exit: ExitSender,
+    ) -> Result<Self, BlockError> {
+        let path = path.as_ref();
+        let id = device_id(&serial)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| BlockError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        // Seeking to the end also works for block devices, whose metadata
+        // length is 0.
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|source| BlockError::Size {
+                path: path.to_owned(),
+                source,
+            })?;
+        if size % SECTOR_SIZE != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                size,
+                "disk image size is not a multiple of {SECTOR_SIZE} bytes; the last {} bytes are not visible to the guest",
+                size % SECTOR_SIZE
+            );
+        }
+        let capacity_sectors = size / SECTOR_SIZE;
+        let label = format!("virtio-blk {serial}");
+        tracing::debug!(device = %label, path = %path.display(), capacity_sectors, read_only, "disk opened");
+        Ok(Self::from_disk(
+            label,
+            Disk::new(file, capacity_sectors, read_only, id),
+            exit,
+        ))
+    }
+
+    fn from_disk(label: String, disk: Disk, exit: ExitSender) -> Self {
+        let capacity_sectors = disk.capacity_sectors();
+        let read_only = disk.is_read_only();
+        let mut avail_features = VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_SIZE_MAX;
+        if read_only {
+            avail_features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        Self {
+            label,
+            capacity_sectors,
+            read_only,
+            config: config_space(capacity_sectors),
+            avail_features,
+            acked_features: 0,
+            disk: Some(disk),
+            worker: None,
+            exit,
+        }
+    }
+
+    /// Disk size in 512-byte sectors, as the guest sees it.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity_sectors
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+/// The 20-byte GET_ID answer: the serial, NUL-padded.
+fn device_id(serial: &str) -> Result<[u8; ID_BYTES], BlockError> {
+    let invalid = |reason| BlockError::InvalidSerial {
+        serial: serial.to_owned(),
+        reason,
+    };
+    if serial.len() > ID_BYTES {
+        return Err(invalid("longer than 20 bytes"));
+    }
+    if serial.bytes().any(|b| b == 0) {
+        return Err(invalid("contains a NUL byte"));
+    }
+    let mut id = [0u8; ID_BYTES];
+    id[..serial.len()].copy_from_slice(serial.as_bytes());
+    Ok(id)
+}
+
+/// `struct virtio_blk_config` with the fields our features announce.
+fn config_space(capacity_sectors: u64) -> Vec<u8> {
+    let mut config = vec![0u8; size_of::<virtio_blk_config>()];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        config[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    put(
+        offset_of!(virtio_blk_config, capacity),
+        &capacity_sectors.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, size_max),
+        &MAX_SEGMENT_SIZE.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, seg_max),
+        &(MAX_SEGMENTS as u32).to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, blk_size),
+        &(SECTOR_SIZE as u32).to_le_bytes(),
+    );
+    config
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_space(&self.label, &self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `writeback` is writable, and only with CONFIG_WCE, which we do
+        // not offer.
+        tracing::warn!(device = %self.label, offset, len = data.len(), "guest wrote the read-only virtio-blk config; ignored");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+        queue_events: Vec<EventFd>,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let got = queues.len();
+        let (Ok([queue]), Ok([queue_evt])) = (
+            <[Queue; 1]>::try_from(queues),
+            <[EventFd; 1]>::try_from(queue_events),
+        ) else {
+            return Err(ActivateError::QueueCount { expected: 1, got });
+        };
+        if !queue.ready() {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        let disk = self.disk.take().ok_or(ActivateError::BackendGone)?;
+        let worker = BlockWorker {
+            label: self.label.clone(),
+            disk,
+            queue,
+            queue_evt,
+            mem,
+            interrupt,
+            exit: self.exit.clone(),
+        };
+        let worker = Worker::spawn(self.label.clone(), move |stop_evt| worker.run(stop_evt))
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            match worker.stop() {
+                Some(disk) => self.disk = Some(disk),
+                None => {
+                    tracing::error!(device = %self.label, "virtio-blk worker panicked; the disk is gone")
+                }
+            }
+        }
+        self.acked_features = 0;
+    }
+}
+
+/// Opens a disk file for tests without going through a path.
+#[cfg(test)]
+fn disk_for_test(file: std::fs::File, read_only: bool, serial: &str) -> Disk {
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Disk::new(
+        file,
+        size / SECTOR_SIZE,
+        read_only,
+        device_id(serial).unwrap(),
+    )
+}
+
+#[cfg(test)]
+mod tests;
