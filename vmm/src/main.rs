@@ -1,4 +1,127 @@
-fn main() {
-    eprintln!("husk-vmm: not built yet");
-    std::process::exit(1);
+//! `husk-vmm`: boot one microVM from the command line and exit with the
+//! guest's fate: 0 when it powers off or reboots, 1 with a one-line reason
+//! on stderr otherwise (triple fault, KVM internal error, failed entry,
+//! device error, VMM error, bad configuration).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use husk_vmm::config::{BootSource, DiskConfig, NestedPvmWorkarounds, SerialOutput, VmConfig};
+use husk_vmm::vm::Vm;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "husk-vmm",
+    version,
+    about = "Boot a KVM microVM from an ELF vmlinux (PVH)"
+)]
+struct Args {
+    /// Uncompressed ELF vmlinux with a PVH entry note.
+    #[arg(
+        long,
+        required_unless_present = "raw_payload",
+        conflicts_with = "raw_payload"
+    )]
+    kernel: Option<PathBuf>,
+    /// Initramfs handed to the kernel.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (default: console=ttyS0 reboot=k panic=1 pci=off);
+    /// virtio devices and host workarounds are appended.
+    #[arg(long, default_value = "", requires = "kernel")]
+    cmdline: String,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    #[arg(long, default_value_t = 256)]
+    mem_mib: u64,
+    /// Raw disk image as virtio-blk, `:ro` for read-only; repeatable (vda, vdb, ...).
+    #[arg(long = "disk", value_name = "PATH[:ro]")]
+    disks: Vec<DiskConfig>,
+    /// Unix socket (created, listening) bridged to the virtio console port.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Where serial output goes: a file, or `-` for stdout.
+    #[arg(long, default_value = "-")]
+    serial_log: SerialOutput,
+    /// Never add the nested-PVM kernel parameters, even on a nested-PVM host.
+    #[arg(long, conflicts_with = "nested_pvm_workarounds")]
+    no_nested_pvm_workarounds: bool,
+    /// Always add the nested-PVM kernel parameters, whatever the probe says.
+    #[arg(long)]
+    nested_pvm_workarounds: bool,
+    /// Run raw 32-bit code loaded at 1 MiB instead of a kernel (VMM tests).
+    #[arg(long, value_name = "PATH")]
+    raw_payload: Option<PathBuf>,
+    /// Log filter for stderr (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+impl Args {
+    fn into_config(self) -> VmConfig {
+        let boot = match (self.kernel, self.raw_payload) {
+            (Some(vmlinux), _) => BootSource::Kernel {
+                vmlinux,
+                initrd: self.initrd,
+                cmdline: self.cmdline,
+            },
+            (None, Some(path)) => BootSource::RawPayload { path },
+            // clap's required_unless_present rules this out.
+            (None, None) => BootSource::RawPayload {
+                path: PathBuf::new(),
+            },
+        };
+        let mut config = VmConfig::new(boot);
+        config.vcpus = self.vcpus;
+        config.mem_mib = self.mem_mib;
+        config.disks = self.disks;
+        config.console_socket = self.console_socket;
+        config.serial = self.serial_log;
+        // Forwarded only when stdin is a terminal (checked at run time).
+        config.serial_input = true;
+        config.nested_pvm_workarounds = if self.no_nested_pvm_workarounds {
+            NestedPvmWorkarounds::Off
+        } else if self.nested_pvm_workarounds {
+            NestedPvmWorkarounds::On
+        } else {
+            NestedPvmWorkarounds::Auto
+        };
+        config
+    }
+}
+
+fn main() -> ExitCode {
+    let process_start = Instant::now();
+    let args = Args::parse();
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|e| {
+        eprintln!(
+            "husk-vmm: bad --log-level {:?} ({e}); using info",
+            args.log_level
+        );
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = args.into_config();
+    let vm = match Vm::new(&config, process_start) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("husk-vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reason = vm.run();
+    if reason.exit_code() == 0 {
+        tracing::info!("{reason}");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("husk-vmm: {reason}");
+        ExitCode::from(reason.exit_code().clamp(1, 255) as u8)
+    }
 }
