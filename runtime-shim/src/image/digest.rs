@@ -115,10 +115,6 @@ impl<R: Read> HashingReader<R> {
         io::copy(self, &mut io::sink()).map(|_| ())
     }
 
-    pub fn bytes_read(&self) -> u64 {
-        self.bytes
-    }
-
     pub fn finish(self) -> (Digest, u64) {
         (Digest::from_hasher(self.hasher), self.bytes)
     }

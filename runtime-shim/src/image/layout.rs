@@ -32,10 +32,6 @@ impl Layout {
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Directories `Store::open` creates.
     pub fn directories(&self) -> [PathBuf; 6] {
         [

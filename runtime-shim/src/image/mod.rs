@@ -5,13 +5,23 @@
 //! layers; `digest` holds IDs and the chain ID formula; `reference` image
 //! names.
 
+pub mod archive;
 pub mod digest;
+pub mod erofs;
+mod external;
 mod fsutil;
+pub mod import;
 pub mod layout;
+pub mod limits;
 mod lock;
+pub mod media;
+mod progress;
 pub mod reference;
 pub mod store;
+pub mod unpack;
 
+// The API `husk run` builds on.
+#[allow(unused_imports)]
 pub use store::{ResolvedImage, ResolvedLayer, Store, StoreError};
 
 #[cfg(test)]

@@ -285,10 +285,6 @@ impl Store {
         hex_entries(&self.layout.image_configs_dir())
     }
 
-    pub fn has_image(&self, id: &Digest) -> bool {
-        self.layout.image_config(id).is_file()
-    }
-
     /// An image's config, checked against its ID.
     pub fn image_config(&self, id: &Digest) -> Result<ImageConfiguration, StoreError> {
         let path = self.layout.image_config(id);
