@@ -8,7 +8,7 @@
 //! 0x0000_6040  PVH module list (the initrd)
 //! 0x0000_7000  PVH memory map (e820-style entries)
 //! 0x0002_0000  kernel command line (COMMAND_LINE_SIZE bytes)
-//! 0x0009_fc00  EBDA start: reserved up to 1 MiB (legacy BIOS area)
+//! 0x0009_fc00  EBDA start: MP table (`boot::mptable`); reserved up to 1 MiB
 //! 0x0010_0000  RAM continues; the vmlinux loads at its own p_paddr
 //!              (16 MiB for a default x86_64 build); the initrd goes at
 //!              the top of low RAM, page aligned
@@ -43,6 +43,12 @@ pub const VIRTIO_MMIO_MAX_DEVICES: u32 = LAST_DEVICE_IRQ - FIRST_VIRTIO_IRQ + 1;
 /// below the IOAPIC/LAPIC/BIOS areas so they never overlap RAM or devices.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// IOAPIC and local APIC MMIO (the in-kernel irqchip decodes them).
+pub const IOAPIC_ADDRESS: u64 = 0xfec0_0000;
+pub const LAPIC_ADDRESS: u64 = 0xfee0_0000;
+/// Pins of KVM's in-kernel IOAPIC.
+pub const IOAPIC_PINS: u8 = 24;
 
 /// GDT for the 32-bit PVH entry state.
 pub const GDT_ADDRESS: u64 = 0x500;

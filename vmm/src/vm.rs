@@ -158,6 +158,7 @@ impl Vm {
             BootSource::RawPayload { path } => boot::load_raw_payload(&mem, path)?,
         };
         regs::write_gdt(&mem)?;
+        boot::mptable::write(&mem, config.vcpus).map_err(BootError::from)?;
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

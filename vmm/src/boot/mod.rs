@@ -8,6 +8,7 @@
 
 pub mod cmdline;
 pub mod initrd;
+pub mod mptable;
 pub mod nested_pvm;
 pub mod pvh;
 
@@ -59,6 +60,8 @@ pub enum BootError {
     CmdlineCopy(linux_loader::loader::Error),
     #[error("writing the PVH start info: {0}")]
     StartInfo(#[from] linux_loader::configurator::Error),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
     #[error("raw payload {path} ({size} bytes) does not fit in guest RAM")]
     PayloadTooLarge { path: PathBuf, size: u64 },
     #[error("writing raw payload {path}: {source}")]

@@ -22,14 +22,15 @@ pub const NESTED_PVM_KERNEL_PARAMS: &[&str] = &[
     // Each either fails to emulate (cmpxchg16b was the first seen) or
     // enables a code path that does.
     "clearcpuid=141,145,150,151,154,158,288,292,295,297,298,299,306,308,311,312,320,321,323,514,515,516,517,528,534,540,580,590",
-    // Our guest kernel's patch makes the int3 self-test in
-    // alternative_instructions() skippable: PVM cannot emulate the int3
-    // it executes in kernel mode (guest-kernel-config/README.md).
+    // Our guest kernel's patch (guest-kernel-config/patches/
+    // 0001-x86-alternatives-noint3selftest.patch) makes the int3 self-test
+    // in alternative_instructions() skippable: PVM cannot emulate the
+    // kernel-mode int3 it executes.
     INT3_SELFTEST_SKIP_PARAM,
 ];
 
 /// The parameter our guest kernel patch reads to skip the int3 self-test.
-pub const INT3_SELFTEST_SKIP_PARAM: &str = "husk.skip_int3_selftest";
+pub const INT3_SELFTEST_SKIP_PARAM: &str = "noint3selftest";
 
 #[cfg(test)]
 mod tests {

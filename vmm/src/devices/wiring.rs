@@ -12,8 +12,9 @@ use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
 use super::bus::{Bus, BusError};
+use super::virtio::block::Block;
 use super::virtio::{Interrupt, MmioTransport, TransportError, VirtioDevice, QUEUE_NOTIFY_OFFSET};
-use crate::config::VmConfig;
+use crate::config::{DiskConfig, VmConfig};
 use crate::exit::ExitSender;
 use crate::memory::{DeviceSlot, DeviceSlotAllocator, MemoryError};
 
@@ -84,28 +85,35 @@ pub fn attach(
     Ok(attached)
 }
 
-// TEMPORARY until helper "virtio" lands block and console.
+/// A virtio-blk device over the disk's raw file; its serial (GET_ID) is
+/// the guest name.
 fn make_block(
-    _disk: &crate::config::DiskConfig,
+    disk: &DiskConfig,
     name: &str,
-    _exit: &ExitSender,
-) -> Result<NoDevice, VirtioError> {
-    Err(VirtioError::Device {
-        device: name.into(),
-        detail: "virtio-blk not available yet".into(),
-    })
+    exit: &ExitSender,
+) -> Result<BoxedDevice, VirtioError> {
+    let block =
+        Block::new(&disk.path, disk.read_only, name.to_string(), exit.clone()).map_err(|e| {
+            VirtioError::Device {
+                device: name.into(),
+                detail: e.to_string(),
+            }
+        })?;
+    Ok(Box::new(block))
 }
+
+// TEMPORARY until helper "virtio" lands the console.
 fn make_console(
     _socket: &std::path::Path,
     name: &str,
     _exit: &ExitSender,
-) -> Result<NoDevice, VirtioError> {
+) -> Result<BoxedDevice, VirtioError> {
     Err(VirtioError::Device {
         device: name.into(),
         detail: "virtio-console not available yet".into(),
     })
 }
-type NoDevice = Box<dyn VirtioDevice + Send>;
+type BoxedDevice = Box<dyn VirtioDevice + Send>;
 
 /// The guest's name for the `index`th disk: vda, vdb, ..., vdz, vdaa.
 pub fn disk_name(index: usize) -> String {
