@@ -31,7 +31,7 @@
 //! console removes its socket file.
 
 pub mod block;
-// pub mod console;
+pub mod console;
 mod device;
 pub mod interrupt;
 pub mod mmio;

@@ -90,8 +90,17 @@ impl EventLoop {
 
     /// Waits for events without a timeout; EINTR is retried.
     pub(crate) fn wait(&self, events: &mut [EpollEvent]) -> io::Result<usize> {
+        self.wait_timeout(events, -1)
+    }
+
+    /// Waits up to `timeout_ms` (-1: forever, 0: just poll); EINTR is retried.
+    pub(crate) fn wait_timeout(
+        &self,
+        events: &mut [EpollEvent],
+        timeout_ms: i32,
+    ) -> io::Result<usize> {
         loop {
-            match self.epoll.wait(-1, events) {
+            match self.epoll.wait(timeout_ms, events) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
             }
