@@ -1,16 +1,125 @@
-//! `husk run`.
+//! `husk run`: a command in a new container, in its own microVM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::sandbox::launch::{self, Launch, Outcome};
+use crate::sandbox::select::BackendChoice;
+use crate::sandbox::spec::{parse_size, RunOptions};
+use crate::sandbox::terminal;
+
+/// Docker's minimum for `--memory`.
+const MIN_MEMORY_BYTES: u64 = 6 << 20;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Image name.
+    /// Remove the container when it exits (husk keeps no container state
+    /// yet, so every run is removed; accepted for docker compatibility).
+    #[arg(long)]
+    pub rm: bool,
+    /// Keep stdin open and forward it to the container.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the container a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// A name for the container (shown in logs and recorded in the spec).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Memory limit (e.g. 256M, 1g); the VM gets this plus room for the
+    /// guest kernel and agent.
+    #[arg(short = 'm', long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// CPUs: the VM's vCPU count (rounded up) and the container's CPU quota.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Process limit of the container (cgroup pids.max).
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// Set an environment variable (K=V, or K to take husk's value).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User as UID[:GID].
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Container host name (default: the start of its ID).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Which program runs the VM: auto follows `husk check`.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Guest kernel (default: $HUSK_KERNEL, then /usr/lib/husk/vmlinux).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Image name or ID.
     pub image: String,
-    /// Command and arguments.
-    #[arg(trailing_var_arg = true)]
+    /// Command and arguments (default: the image's Entrypoint and Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
 
-pub fn run(_store: &Path, _args: RunArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("husk run: not implemented yet")
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < MIN_MEMORY_BYTES {
+        return Err(format!("{text} is below the minimum of 6M"));
+    }
+    Ok(bytes)
+}
+
+pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
+    if let Some(name) = &args.name {
+        let valid = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        anyhow::ensure!(
+            valid,
+            "invalid container name {name:?}: [a-zA-Z0-9][a-zA-Z0-9_.-]*"
+        );
+    }
+    let vcpus = match args.cpus {
+        Some(cpus) if cpus.is_finite() && cpus > 0.0 => (cpus.ceil() as u32).clamp(1, 64),
+        Some(cpus) => anyhow::bail!("--cpus {cpus} is not a positive number"),
+        None => 1,
+    };
+    if let Some(limit) = args.pids_limit {
+        anyhow::ensure!(limit > 0, "--pids-limit must be positive");
+    }
+    let options = RunOptions {
+        command: args.command,
+        env: args.env,
+        workdir: args.workdir,
+        user: args.user,
+        hostname: args.hostname.unwrap_or_default(),
+        terminal: args.tty,
+        console_size: if args.tty {
+            terminal::host_window_size()
+        } else {
+            None
+        },
+        memory_bytes: args.memory,
+        cpus: args.cpus,
+        pids_limit: args.pids_limit,
+    };
+    let launch = Launch {
+        image: args.image,
+        options,
+        forward_stdin: args.interactive,
+        name: args.name,
+        backend: args.backend,
+        kernel: args.kernel,
+        vcpus,
+    };
+    match launch::run(store, launch)? {
+        Outcome::Exited(code) => Ok(code),
+        Outcome::StartFailed { code, error } => {
+            eprintln!("husk: cannot run the container's command: {error}");
+            Ok(code)
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! directories it mounts onto, as a newc cpio archive (what the kernel
 //! unpacks). Built once per agent binary and cached under the store.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufWriter, Cursor, Write};
 use std::path::{Path, PathBuf};
 

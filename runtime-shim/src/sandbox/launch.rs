@@ -1,0 +1,318 @@
+//! One container in one microVM, start to finish: resolve the image, build
+//! the spec and the initramfs, start the VM, create and start the container
+//! through the agent, run its session, shut the VM down.
+//!
+//! Cleanup is by ownership: the VM handle kills its process when dropped and
+//! the run directory guard removes the socket and logs, so every return path
+//! (errors and signals included) leaves nothing behind.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use husk_agent::protocol::{CreateContainer, ErrorReply, LayerDisk, Reply, Request};
+
+use super::agent_client::{AgentClient, AgentError};
+use super::assets::{self, AssetError};
+use super::backend::{BackendError, DiskConfig, VmConfig};
+use super::initramfs::{self, InitramfsError};
+use super::rundir::{RunDir, RunDirError};
+use super::select::{self, BackendChoice};
+use super::signals::{SignalError, SignalWatch};
+use super::spec::{self, RunOptions, SpecError};
+use super::stdio::{self, HostStdio, SessionOptions};
+use super::terminal::RawModeGuard;
+use crate::image::{Store, StoreError};
+
+/// The container's init process id on the channel.
+const INIT_PROCESS: u32 = 1;
+
+/// Guest kernel and agent need this on top of the container's memory.
+pub const VM_MEMORY_HEADROOM_MIB: u32 = 128;
+/// VM memory when `--memory` is not given (no container limit then).
+pub const DEFAULT_VM_MEMORY_MIB: u32 = 512;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Software emulation on a loaded two-core host boots slowly; a real KVM
+/// host boots in well under a second.
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("layer {diff_id} of image {image}: its disk {} is missing; import the image again", disk.display())]
+    LayerDiskMissing {
+        image: String,
+        diff_id: String,
+        disk: PathBuf,
+    },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Initramfs(#[from] InitramfsError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Signals(#[from] SignalError),
+    #[error("{0}")]
+    Agent(#[from] AgentError),
+    #[error("creating the container failed: {0}")]
+    Create(ErrorReply),
+    #[error("setting the terminal to raw mode: {0}")]
+    Terminal(nix::Error),
+    #[error("too many layers ({0}) for one VM")]
+    TooManyLayers(usize),
+}
+
+/// What the user asked for.
+pub struct Launch {
+    pub image: String,
+    pub options: RunOptions,
+    pub forward_stdin: bool,
+    pub name: Option<String>,
+    pub backend: BackendChoice,
+    pub kernel: Option<PathBuf>,
+    pub vcpus: u32,
+}
+
+/// How it ended when the container got as far as its command.
+pub enum Outcome {
+    /// The process ran; its exit code in the shell convention (128+N).
+    Exited(i32),
+    /// The command could not be executed (not found: 127, not executable:
+    /// 126), as the agent reported it.
+    StartFailed { code: i32, error: ErrorReply },
+}
+
+pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
+    let started = Instant::now();
+    // First, before any thread or child exists: Ctrl-C from here on is ours.
+    let signals = SignalWatch::new()?;
+    let kernel = assets::kernel(launch.kernel.as_deref())?;
+    let agent = assets::agent()?;
+
+    let store = Store::open(store_root)?;
+    let image = store.resolve(&launch.image)?;
+    if image.layers.len() > 64 {
+        return Err(LaunchError::TooManyLayers(image.layers.len()));
+    }
+    let mut disks = Vec::with_capacity(image.layers.len());
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for (index, layer) in image.layers.iter().enumerate() {
+        if !layer.disk.is_file() {
+            return Err(LaunchError::LayerDiskMissing {
+                image: image.name.clone(),
+                diff_id: layer.diff_id.clone(),
+                disk: layer.disk.clone(),
+            });
+        }
+        let serial = format!("husk-l{index}");
+        disks.push(DiskConfig {
+            path: layer.disk.clone(),
+            read_only: true,
+            serial: serial.clone(),
+        });
+        layers.push(LayerDisk {
+            serial,
+            digest: layer.diff_id.clone(),
+        });
+    }
+
+    let container_id = new_container_id();
+    let mut options = launch.options;
+    if options.hostname.is_empty() {
+        options.hostname = container_id[..12].to_string();
+    }
+    let mut spec = spec::build(&image.config, &options)?;
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    annotations.insert("io.husk.image".into(), image.name.clone());
+    if let Some(name) = &launch.name {
+        annotations.insert("io.husk.name".into(), name.clone());
+    }
+    spec.set_annotations(Some(annotations));
+
+    let initramfs = initramfs::cached(store_root, &agent)?;
+    let selected = select::select(launch.backend, husk_vmm::probe::probe_host)?;
+    tracing::info!("backend: {} ({})", selected.backend.kind(), selected.reason);
+
+    let memory_mib = match options.memory_bytes {
+        Some(bytes) => u32::try_from(bytes.div_ceil(1 << 20))
+            .unwrap_or(u32::MAX)
+            .saturating_add(VM_MEMORY_HEADROOM_MIB),
+        None => DEFAULT_VM_MEMORY_MIB,
+    };
+    // Declared before the VM so it is dropped after it: the VM goes first,
+    // then its socket and logs.
+    let rundir = RunDir::create(store_root, &container_id)?;
+    tracing::debug!(path = %rundir.path().display(), "run directory");
+    let config = VmConfig {
+        kernel,
+        initramfs,
+        disks,
+        console_socket: rundir.console_socket(),
+        serial_log: rundir.serial_log(),
+        vmm_log: rundir.vmm_log(),
+        vcpus: launch.vcpus.max(1),
+        memory_mib,
+        cmdline_extra: Vec::new(),
+    };
+    let mut vm = selected.backend.start(&config)?;
+    tracing::info!(pid = vm.pid(), backend = %vm.kind(), id = %container_id, memory_mib, "VM started");
+
+    let mut client = AgentClient::connect(
+        &config.console_socket,
+        &mut vm,
+        Some(&signals),
+        CONNECT_TIMEOUT,
+    )?;
+    let hello = client.handshake(&mut vm, Some(&signals), boot_timeout())?;
+    tracing::info!(agent = %hello.agent_version, elapsed = ?started.elapsed(), "agent ready");
+
+    let terminal = options.terminal;
+    let create = CreateContainer {
+        container_id: container_id.clone(),
+        init_process: INIT_PROCESS,
+        spec,
+        layers,
+        scratch: None,
+        stdin: launch.forward_stdin,
+    };
+    match client.call(
+        &mut vm,
+        Some(&signals),
+        Request::CreateContainer(Box::new(create)),
+        CREATE_TIMEOUT,
+    ) {
+        Ok(Reply::Created { pid }) => tracing::debug!(guest_pid = pid, "container created"),
+        Ok(other) => {
+            return Err(AgentError::UnexpectedReply {
+                request: "create",
+                reply: format!("{other:?}"),
+            }
+            .into())
+        }
+        Err(AgentError::Agent(err)) => return Err(LaunchError::Create(err)),
+        Err(e) => return Err(e.into()),
+    }
+
+    // Raw mode only once the container is about to own the terminal, and
+    // only when input is forwarded (as `docker run -it`).
+    let _raw = if terminal && launch.forward_stdin {
+        RawModeGuard::stdin().map_err(LaunchError::Terminal)?
+    } else {
+        None
+    };
+    match client.call(&mut vm, Some(&signals), Request::Start, START_TIMEOUT) {
+        Ok(_) => {}
+        Err(AgentError::Agent(error)) => {
+            client.shutdown(&mut vm, SHUTDOWN_TIMEOUT);
+            return Ok(Outcome::StartFailed {
+                code: exec_failure_code(&error),
+                error,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(elapsed = ?started.elapsed(), "container started");
+
+    let session = SessionOptions {
+        process: INIT_PROCESS,
+        forward_stdin: launch.forward_stdin,
+        terminal,
+    };
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let host = HostStdio {
+        stdin: stdin.as_fd(),
+        stdout: stdout.as_fd(),
+        stderr: stderr.as_fd(),
+    };
+    let status = stdio::run(&mut client, &mut vm, Some(&signals), &host, session)?;
+    drop(_raw);
+    tracing::info!(?status, elapsed = ?started.elapsed(), serial_log = %vm.serial_log().display(), "container exited");
+    client.shutdown(&mut vm, SHUTDOWN_TIMEOUT);
+    drop(vm);
+    drop(rundir);
+    Ok(Outcome::Exited(status.shell_code()))
+}
+
+/// `HUSK_BOOT_TIMEOUT` (seconds) or the default.
+fn boot_timeout() -> Duration {
+    std::env::var("HUSK_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_BOOT_TIMEOUT)
+}
+
+/// Docker's codes for a command that cannot run: 127 when it does not
+/// exist, 126 when it cannot be executed. The protocol carries the error as
+/// text, so the errno's message is what is matched.
+fn exec_failure_code(error: &ErrorReply) -> i32 {
+    let text = format!("{} {}", error.step, error.message).to_ascii_lowercase();
+    if text.contains("no such file") || text.contains("not found") || text.contains("enoent") {
+        127
+    } else if text.contains("permission denied")
+        || text.contains("eacces")
+        || text.contains("exec format")
+    {
+        126
+    } else {
+        125
+    }
+}
+
+/// 32 random hex digits; the first 12 are the default hostname.
+fn new_container_id() -> String {
+    let mut bytes = [0u8; 16];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_ok();
+    if !filled {
+        // Unique enough without randomness: time and pid.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+        bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_failures_map_to_docker_codes() {
+        let e = |m: &str| ErrorReply {
+            step: "exec /nope".into(),
+            message: m.into(),
+        };
+        assert_eq!(
+            exec_failure_code(&e("No such file or directory (os error 2)")),
+            127
+        );
+        assert_eq!(
+            exec_failure_code(&e("Permission denied (os error 13)")),
+            126
+        );
+        assert_eq!(exec_failure_code(&e("Invalid argument")), 125);
+    }
+
+    #[test]
+    fn container_ids_are_unique_hex() {
+        let a = new_container_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, new_container_id());
+    }
+}

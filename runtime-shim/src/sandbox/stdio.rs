@@ -1,0 +1,275 @@
+//! The running container's session: its stdout and stderr to husk's
+//! (kept apart), husk's stdin to it (with `-i`), signals and window size
+//! forwarded, until the agent reports the exit. Flow control follows the
+//! protocol: credit for guest output is returned only once written out, and
+//! stdin is read only while the agent has granted credit for it.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use husk_agent::protocol::{
+    Event, ExitStatus, Frame, ProcessId, ProtocolError, RecvWindow, Request, Response, SendCredit,
+    Stream,
+};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+
+use super::agent_client::{AgentClient, AgentError, TICK};
+use super::backend::VmProcess;
+use super::signals::{SignalWatch, FORWARDED};
+use super::terminal;
+
+/// Stop reading stdin while this much is queued for the socket.
+const MAX_QUEUED_STDIN: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug)]
+pub struct SessionOptions {
+    pub process: ProcessId,
+    pub forward_stdin: bool,
+    pub terminal: bool,
+}
+
+/// Host-side ends of the container's stdio.
+pub struct HostStdio<'a> {
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// An output stream to the host: open until a write fails (e.g. EPIPE when
+/// the reader went away); afterwards its data is discarded but credited, so
+/// the container is not stalled by a closed pipe.
+struct Sink<'a> {
+    fd: BorrowedFd<'a>,
+    window: RecvWindow,
+    open: bool,
+}
+
+/// Runs the session until the process exits; returns its status.
+pub fn run(
+    client: &mut AgentClient,
+    vm: &mut VmProcess,
+    signals: Option<&SignalWatch>,
+    stdio: &HostStdio<'_>,
+    opts: SessionOptions,
+) -> Result<ExitStatus, AgentError> {
+    let process = opts.process;
+    let mut stdout = Sink {
+        fd: stdio.stdout,
+        window: RecvWindow::new(),
+        open: true,
+    };
+    let mut stderr = Sink {
+        fd: stdio.stderr,
+        window: RecvWindow::new(),
+        open: true,
+    };
+    let mut stdin_open = opts.forward_stdin;
+    let mut stdin_credit = SendCredit::new();
+    let mut buf = vec![0u8; husk_agent::protocol::MAX_DATA_CHUNK];
+    loop {
+        while let Some(frame) = client.next_frame() {
+            match frame {
+                Frame::Data {
+                    process: p,
+                    stream,
+                    data,
+                } if p == process => {
+                    let sink = match stream {
+                        Stream::Stdout => &mut stdout,
+                        Stream::Stderr => &mut stderr,
+                        Stream::Stdin => {
+                            return Err(ProtocolError::Malformed("stdin data from the agent").into())
+                        }
+                    };
+                    sink.window.on_data(p, stream, data.len())?;
+                    if sink.open {
+                        if let Err(e) = write_all(sink.fd, &data) {
+                            tracing::debug!(stream = stream.name(), error = %e, "host output closed");
+                            sink.open = false;
+                        }
+                    }
+                    if let Some(bytes) = sink.window.on_consumed(data.len()) {
+                        client.queue(&Frame::Credit {
+                            process: p,
+                            stream,
+                            bytes,
+                        })?;
+                    }
+                }
+                Frame::Credit {
+                    process: p,
+                    stream: Stream::Stdin,
+                    bytes,
+                } if p == process => {
+                    stdin_credit.grant(bytes)?;
+                }
+                Frame::Eof { process: p, stream } => {
+                    tracing::debug!(process = p, stream = stream.name(), "end of stream");
+                }
+                Frame::Event(Event::ProcessExited { process: p, status }) if p == process => {
+                    client.flush()?;
+                    return Ok(status);
+                }
+                Frame::Response {
+                    id,
+                    response: Response::Error(err),
+                } => {
+                    // Signals and resizes are fire-and-forget; say if one failed.
+                    tracing::warn!(request = id, "agent: {err}");
+                }
+                Frame::Response { .. } => {}
+                Frame::Hello(_) | Frame::Request { .. } => {
+                    return Err(ProtocolError::Malformed("hello/request from the agent").into());
+                }
+                other => tracing::debug!(?other, "frame for another process"),
+            }
+        }
+
+        let read_stdin =
+            stdin_open && stdin_credit.available() > 0 && client.queued_bytes() < MAX_QUEUED_STDIN;
+        let mut socket_events = PollFlags::POLLIN;
+        if client.wants_write() {
+            socket_events |= PollFlags::POLLOUT;
+        }
+        let mut fds = vec![PollFd::new(client.fd(), socket_events)];
+        let stdin_index = read_stdin.then(|| {
+            fds.push(PollFd::new(stdio.stdin, PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let signal_index = signals.map(|s| {
+            fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        match nix::poll::poll(
+            &mut fds,
+            PollTimeout::try_from(TICK).unwrap_or(PollTimeout::ZERO),
+        ) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(io::Error::from(e).into()),
+        }
+        let ready = |i: Option<usize>| {
+            i.and_then(|i| fds[i].revents()).is_some_and(|r| {
+                r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+            })
+        };
+        let stdin_ready = ready(stdin_index);
+        let signal_ready = ready(signal_index);
+        drop(fds);
+
+        if stdin_ready {
+            let want = stdin_credit.allowance(buf.len());
+            match nix::unistd::read(stdio.stdin, &mut buf[..want]) {
+                Ok(0) | Err(nix::Error::EIO) => {
+                    client.queue(&Frame::Eof {
+                        process,
+                        stream: Stream::Stdin,
+                    })?;
+                    stdin_open = false;
+                }
+                Ok(n) => {
+                    stdin_credit.consume(n);
+                    client.queue(&Frame::Data {
+                        process,
+                        stream: Stream::Stdin,
+                        data: buf[..n].to_vec(),
+                    })?;
+                }
+                Err(nix::Error::EAGAIN | nix::Error::EINTR) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading stdin; closing the container's stdin");
+                    client.queue(&Frame::Eof {
+                        process,
+                        stream: Stream::Stdin,
+                    })?;
+                    stdin_open = false;
+                }
+            }
+        }
+        if signal_ready {
+            if let Some(watch) = signals {
+                while let Some(sig) = watch.next() {
+                    forward_signal(client, process, opts.terminal, sig)?;
+                }
+            }
+        }
+        client.flush()?;
+        client.read_available()?;
+        if client.is_closed() {
+            // Take what was read before the close; if the exit is not among
+            // it, the guest died.
+            if let Some(status) = drain_for_exit(client, process) {
+                return Ok(status);
+            }
+            let _ = vm.wait_timeout(std::time::Duration::from_millis(500));
+            return Err(AgentError::VmEnded {
+                what: "the container to exit",
+                detail: format!("channel closed; {}", vm.describe_end()),
+            });
+        }
+        if !vm.is_running() && !client.has_frames() {
+            return Err(AgentError::VmEnded {
+                what: "the container to exit",
+                detail: vm.describe_end(),
+            });
+        }
+    }
+}
+
+fn forward_signal(
+    client: &mut AgentClient,
+    process: ProcessId,
+    terminal: bool,
+    sig: Signal,
+) -> Result<(), AgentError> {
+    if sig == Signal::SIGWINCH {
+        if terminal {
+            if let Some((rows, cols)) = terminal::host_window_size() {
+                client.send_request(Request::ResizeTty {
+                    process,
+                    rows,
+                    cols,
+                })?;
+            }
+        }
+    } else if FORWARDED.contains(&sig) {
+        tracing::info!(signal = %sig, "forwarding to the container");
+        client.send_request(Request::Signal {
+            process,
+            signal: sig as i32,
+        })?;
+    }
+    Ok(())
+}
+
+/// The exit event among already-read frames, writing any output before it.
+fn drain_for_exit(client: &mut AgentClient, process: ProcessId) -> Option<ExitStatus> {
+    while let Some(frame) = client.next_frame() {
+        if let Frame::Event(Event::ProcessExited { process: p, status }) = frame {
+            if p == process {
+                return Some(status);
+            }
+        }
+    }
+    None
+}
+
+/// Writes all of `data` to a blocking or non-blocking fd.
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(nix::Error::EINTR) => {}
+            Err(nix::Error::EAGAIN) => {
+                let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+                let _ = nix::poll::poll(
+                    &mut fds,
+                    PollTimeout::try_from(TICK).unwrap_or(PollTimeout::ZERO),
+                );
+            }
+            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
+        }
+    }
+    Ok(())
+}
