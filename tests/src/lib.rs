@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+pub mod fixtures;
+
 /// The cargo target profile directory holding the workspace binaries
 /// (`target/debug` when run by `cargo test`): test executables live in its
 /// `deps/` subdirectory.
