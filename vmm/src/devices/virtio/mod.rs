@@ -26,9 +26,19 @@
 //! mmio_bus.insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
 //! ```
 //!
-//! The console is the same with `console::Console::new(socket_path, exit_tx)`.
-//! Dropping the transport stops the device's worker thread; dropping the
-//! console removes its socket file.
+//! The console is the same with `console::Console::new(socket_path, exit_tx)`:
+//! it listens on the socket right away (replacing a stale socket file,
+//! refusing a live one or a non-socket), accepts one client at a time, and
+//! removes the socket file when dropped.
+//!
+//! Lifetimes: the device worker starts when the guest sets DRIVER_OK and
+//! stops on a guest reset (status 0) or when the transport is dropped, which
+//! joins the thread. Host-side failures inside a worker (epoll, eventfd) are
+//! sent on the `ExitSender` as `VmExitReason::DeviceError`; anything the
+//! guest does wrong is logged and answered per the virtio spec, never fatal.
+//!
+//! Interrupts are edge-style: each signal writes the irqfd once; the guest
+//! reads InterruptStatus and acknowledges through InterruptACK.
 
 pub mod block;
 pub mod console;

@@ -595,3 +595,108 @@ fn linked(descs: &[RawDescriptor]) -> Vec<RawDescriptor> {
         })
         .collect()
 }
+
+/// The whole path a guest driver takes: registers through the MMIO
+/// transport, a request published in guest memory, QueueNotify, interrupt,
+/// InterruptStatus/ACK, and a second request after a driver reset.
+#[test]
+fn through_the_mmio_transport() {
+    use crate::devices::bus::BusDevice;
+    use crate::devices::virtio::test_utils::TestQueue;
+    use crate::devices::virtio::MmioTransport;
+    use virtio_bindings::virtio_config::*;
+    use virtio_bindings::virtio_mmio::*;
+
+    fn write32(t: &mut MmioTransport, offset: u32, value: u32) {
+        t.write(u64::from(offset), &value.to_le_bytes());
+    }
+    fn read32(t: &mut MmioTransport, offset: u32) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(u64::from(offset), &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    let mem = memory();
+    let (tmp, _) = disk_file();
+    let (exit, exit_rx) = mpsc::channel();
+    let block = Block::new(tmp.path(), false, "vdz".into(), exit).unwrap();
+    let interrupt = Arc::new(Interrupt::new().unwrap());
+    let mut t = MmioTransport::new(
+        "vdz".into(),
+        mem.clone(),
+        Box::new(block),
+        interrupt.clone(),
+    )
+    .unwrap();
+    assert_eq!(read32(&mut t, VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_BLOCK);
+    let mut capacity = [0u8; 8];
+    t.read(0x100, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), DISK_SECTORS);
+
+    for round in 0..2u8 {
+        let mut queue = TestQueue::new(&mem, 0x8_0000, 64);
+        write32(&mut t, VIRTIO_MMIO_STATUS, 0);
+        write32(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write32(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        write32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        let high = read32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES);
+        write32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        let low = read32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES);
+        write32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, high);
+        write32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        write32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, low);
+        let features_ok =
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        write32(&mut t, VIRTIO_MMIO_STATUS, features_ok);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_STATUS), features_ok);
+
+        let q = queue.device_queue();
+        write32(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(
+            read32(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX),
+            u32::from(QUEUE_SIZE)
+        );
+        write32(&mut t, VIRTIO_MMIO_QUEUE_NUM, 64);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, q.desc_table() as u32);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_ring() as u32);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, q.used_ring() as u32);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+        write32(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        write32(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            features_ok | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
+        assert!(t.is_activated(), "round {round}");
+
+        write_header(&mem, VIRTIO_BLK_T_IN, u64::from(round) + 7);
+        let head = queue
+            .add_chain(&[
+                (HEADER_ADDR, 16, false),
+                (DATA_ADDR, 512, true),
+                (STATUS_ADDR, 1, true),
+            ])
+            .unwrap();
+        write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        assert!(wait_readable(interrupt.irq_evt(), Duration::from_secs(5)));
+        interrupt.irq_evt().read().unwrap();
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 1);
+        write32(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        assert_eq!(queue.pop_used(), Some((head, 513)));
+        assert_eq!(status(&mem), VIRTIO_BLK_S_OK as u8);
+        let mut data = vec![0u8; 512];
+        mem.read_slice(&mut data, GuestAddress(DATA_ADDR)).unwrap();
+        let start = (u64::from(round) + 7) * 512;
+        assert_eq!(data, (start..start + 512).map(pattern).collect::<Vec<_>>());
+    }
+    drop(t);
+    assert!(exit_rx.try_recv().is_err());
+}

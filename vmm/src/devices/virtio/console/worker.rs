@@ -250,12 +250,18 @@ impl ConsoleWorker {
         progress
     }
 
+    /// Whether a receive buffer can be popped. A bogus avail index (more
+    /// entries than the queue holds) counts as none: pop would refuse it, and
+    /// polling the client for input we cannot deliver would spin.
     fn rx_has_buffers(&self) -> bool {
         self.rx_queue.ready()
             && self
                 .rx_queue
                 .avail_idx(&self.mem, Ordering::Acquire)
-                .is_ok_and(|idx| idx.0 != self.rx_queue.next_avail())
+                .is_ok_and(|idx| {
+                    let waiting = idx.0.wrapping_sub(self.rx_queue.next_avail());
+                    waiting != 0 && waiting <= self.rx_queue.size()
+                })
     }
 
     /// Listener while nobody is connected; the client for reading while the
