@@ -154,6 +154,9 @@ pub enum Event {
         process: ProcessId,
         status: ExitStatus,
     },
+    /// The agent hit an error it cannot serve past (e.g. a garbled
+    /// channel); it powers the VM off right after sending this.
+    Fatal { message: String },
 }
 
 /// How a process ended: exactly one of `code` and `signal` is set.

@@ -1,0 +1,258 @@
+//! OCI seccomp profile → BPF programs (seccompiler).
+//!
+//! seccompiler filters have one match action each, so a profile becomes a
+//! stack of filters: first the main one (default action on mismatch, allow
+//! on match), then one per other action (allow on mismatch). The kernel runs
+//! every filter and keeps the most restrictive result; among equally strict
+//! results the most recently installed filter wins, which is why the
+//! per-action filters come after the main one (e.g. `clone3` → ENOSYS beats
+//! the default EPERM, as a profile intends).
+
+use std::collections::BTreeMap;
+
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use super::syscall_table::syscall_number;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("unsupported seccomp action {0:?}")]
+    UnsupportedAction(LinuxSeccompAction),
+    #[error("seccomp notify (listenerPath) is not supported")]
+    ListenerUnsupported,
+    #[error("seccomp argument index {0} out of range (0..6)")]
+    ArgIndex(usize),
+    #[error("seccomp MASKED_EQ on {syscall} needs valueTwo")]
+    MaskedEqWithoutValue { syscall: String },
+    #[error("seccomp filter: {0}")]
+    Compile(#[from] seccompiler::BackendError),
+}
+
+const EPERM: u32 = libc::EPERM as u32;
+
+fn action(action: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction, SeccompError> {
+    Ok(match action {
+        LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
+        LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(errno.unwrap_or(EPERM)),
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            SeccompAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
+        LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
+        LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(errno.unwrap_or(EPERM)),
+        other @ LinuxSeccompAction::ScmpActNotify => {
+            return Err(SeccompError::UnsupportedAction(other))
+        }
+    })
+}
+
+/// Syscall rules of one action: per syscall number, the OR of rules
+/// (empty = unconditional).
+type RuleSet = BTreeMap<i64, Vec<SeccompRule>>;
+
+fn add_rule(rules: &mut RuleSet, number: i64, rule: Option<SeccompRule>) {
+    match rule {
+        // An unconditional match absorbs any conditional ones.
+        None => {
+            rules.insert(number, Vec::new());
+        }
+        Some(rule) => match rules.get_mut(&number) {
+            // Already unconditional: the condition adds nothing.
+            Some(existing) if existing.is_empty() => {}
+            Some(existing) => existing.push(rule),
+            None => {
+                rules.insert(number, vec![rule]);
+            }
+        },
+    }
+}
+
+/// Compiles the profile into BPF programs, to be installed in order.
+/// Syscall names this architecture does not have are skipped (profiles
+/// list names for many kernels and architectures).
+pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, SeccompError> {
+    if profile.listener_path().is_some() {
+        return Err(SeccompError::ListenerUnsupported);
+    }
+    let default = action(profile.default_action(), profile.default_errno_ret())?;
+    let mut main_rules = RuleSet::new();
+    // Other actions, in first-seen order (Vec: SeccompAction is not Ord).
+    let mut other: Vec<(SeccompAction, RuleSet)> = Vec::new();
+
+    for syscall in profile.syscalls().iter().flatten() {
+        let act = action(syscall.action(), syscall.errno_ret())?;
+        if act == default {
+            continue;
+        }
+        let conditions = syscall
+            .args()
+            .iter()
+            .flatten()
+            .map(|arg| condition(arg, syscall.names().first()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rule = if conditions.is_empty() {
+            None
+        } else {
+            Some(SeccompRule::new(conditions)?)
+        };
+        let rules = if act == SeccompAction::Allow {
+            &mut main_rules
+        } else if let Some(index) = other.iter().position(|(known, _)| *known == act) {
+            &mut other[index].1
+        } else {
+            other.push((act.clone(), RuleSet::new()));
+            let last = other.len() - 1;
+            &mut other[last].1
+        };
+        for name in syscall.names() {
+            match syscall_number(name) {
+                Some(number) => add_rule(rules, number, rule.clone()),
+                None => tracing::debug!(syscall = %name, "seccomp: unknown syscall skipped"),
+            }
+        }
+    }
+
+    let arch = TargetArch::x86_64;
+    let mut programs = Vec::new();
+    if default != SeccompAction::Allow {
+        let filter = SeccompFilter::new(main_rules, default, SeccompAction::Allow, arch)?;
+        programs.push(BpfProgram::try_from(filter)?);
+    }
+    for (act, rules) in other {
+        if rules.is_empty() {
+            continue;
+        }
+        let filter = SeccompFilter::new(rules, SeccompAction::Allow, act, arch)?;
+        programs.push(BpfProgram::try_from(filter)?);
+    }
+    Ok(programs)
+}
+
+fn condition(
+    arg: &oci_spec::runtime::LinuxSeccompArg,
+    syscall: Option<&String>,
+) -> Result<SeccompCondition, SeccompError> {
+    let index = u8::try_from(arg.index())
+        .ok()
+        .filter(|index| *index < 6)
+        .ok_or(SeccompError::ArgIndex(arg.index()))?;
+    let (op, value) = match arg.op() {
+        LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, arg.value()),
+        LinuxSeccompOperator::ScmpCmpLt => (SeccompCmpOp::Lt, arg.value()),
+        LinuxSeccompOperator::ScmpCmpLe => (SeccompCmpOp::Le, arg.value()),
+        LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, arg.value()),
+        LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, arg.value()),
+        LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, arg.value()),
+        // libseccomp: `value` is the mask, `valueTwo` the expected result.
+        LinuxSeccompOperator::ScmpCmpMaskedEq => (
+            SeccompCmpOp::MaskedEq(arg.value()),
+            arg.value_two()
+                .ok_or_else(|| SeccompError::MaskedEqWithoutValue {
+                    syscall: syscall.cloned().unwrap_or_default(),
+                })?,
+        ),
+    };
+    Ok(SeccompCondition::new(
+        index,
+        SeccompCmpArgLen::Qword,
+        op,
+        value,
+    )?)
+}
+
+/// Installs the programs in order (the calling thread, inherited on exec).
+pub fn install(programs: &[BpfProgram]) -> Result<(), seccompiler::Error> {
+    for program in programs {
+        seccompiler::apply_filter(program)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(json: &str) -> LinuxSeccomp {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn allowlist_profile_compiles_to_main_plus_per_action_filters() {
+        let programs = compile(&profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO",
+                "syscalls":[
+                  {"names":["read","write","no_such_syscall"],"action":"SCMP_ACT_ALLOW"},
+                  {"names":["personality"],"action":"SCMP_ACT_ALLOW",
+                   "args":[{"index":0,"value":8,"op":"SCMP_CMP_EQ"}]},
+                  {"names":["clone3"],"action":"SCMP_ACT_ERRNO","errnoRet":38},
+                  {"names":["mount"],"action":"SCMP_ACT_ERRNO"}
+                ]}"#,
+        ))
+        .unwrap();
+        // Main filter + the ENOSYS filter; the EPERM rule equals the default.
+        assert_eq!(programs.len(), 2);
+        assert!(programs.iter().all(|program| !program.is_empty()));
+    }
+
+    #[test]
+    fn denylist_profile_has_no_main_filter() {
+        let programs = compile(&profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW",
+                "syscalls":[{"names":["kexec_load"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(programs.len(), 1);
+    }
+
+    #[test]
+    fn masked_eq_and_bad_args_are_checked() {
+        let ok = profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["clone"],
+               "action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":2114060288,
+               "valueTwo":0,"op":"SCMP_CMP_MASKED_EQ"}]}]}"#,
+        );
+        assert!(compile(&ok).is_ok());
+        let no_value_two = profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["clone"],
+               "action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":1,
+               "op":"SCMP_CMP_MASKED_EQ"}]}]}"#,
+        );
+        assert!(matches!(
+            compile(&no_value_two),
+            Err(SeccompError::MaskedEqWithoutValue { .. })
+        ));
+        let bad_index = profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read"],
+               "action":"SCMP_ACT_ALLOW","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+        );
+        assert!(matches!(
+            compile(&bad_index),
+            Err(SeccompError::ArgIndex(6))
+        ));
+    }
+
+    #[test]
+    fn notify_is_reported_as_unsupported() {
+        let notify = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],
+               "action":"SCMP_ACT_NOTIFY"}]}"#,
+        );
+        assert!(matches!(
+            compile(&notify),
+            Err(SeccompError::UnsupportedAction(_))
+        ));
+    }
+
+    #[test]
+    fn syscall_table_knows_common_names() {
+        assert_eq!(syscall_number("read"), Some(0));
+        assert_eq!(syscall_number("execve"), Some(59));
+        assert_eq!(syscall_number("clone3"), Some(435));
+        assert_eq!(syscall_number("not_a_syscall"), None);
+    }
+}

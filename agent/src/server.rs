@@ -1,0 +1,518 @@
+//! The request loop: one thread, poll(2) over the host channel, SIGCHLD
+//! (signalfd) and every process's stdio; requests answered in order,
+//! stdio pumped within the flow-control credit of each stream.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{read, write, Pid};
+
+use husk_agent::protocol::{
+    CreateContainer, Event, ExitStatus, Frame, Hello, ProcessId, ProtocolError, RecvWindow, Reply,
+    Request, RequestId, Response, SendCredit, Stream, MAX_DATA_CHUNK, PROTOCOL_VERSION,
+};
+
+use crate::channel::Channel;
+use crate::container::{process::exit_status, stdio::resize, stdio::ParentStdio, Container};
+use crate::error::StepError;
+
+/// After a process exits, how long its output may still drain before the
+/// exit is reported anyway (a background child may hold the pipe open).
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the loop ended.
+pub enum Outcome {
+    /// The host asked for shutdown (already answered).
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("host channel: {0}")]
+    Channel(#[from] ProtocolError),
+    #[error("{0}")]
+    Os(#[from] Errno),
+}
+
+struct StdinSink {
+    fd: OwnedFd,
+    pending: VecDeque<u8>,
+    window: RecvWindow,
+    /// Close once `pending` is written (host sent Eof / CloseStdin).
+    closing: bool,
+}
+
+struct OutputSource {
+    stream: Stream,
+    fd: OwnedFd,
+    credit: SendCredit,
+}
+
+struct ProcessEntry {
+    pid: Pid,
+    stdin: Option<StdinSink>,
+    outputs: Vec<OutputSource>,
+    pty_master: Option<OwnedFd>,
+    exit: Option<(ExitStatus, Instant)>,
+    reported: bool,
+}
+
+impl ProcessEntry {
+    fn new(pid: Pid, stdio: ParentStdio) -> Self {
+        let mut outputs = vec![OutputSource {
+            stream: Stream::Stdout,
+            fd: stdio.stdout,
+            credit: SendCredit::new(),
+        }];
+        if let Some(stderr) = stdio.stderr {
+            outputs.push(OutputSource {
+                stream: Stream::Stderr,
+                fd: stderr,
+                credit: SendCredit::new(),
+            });
+        }
+        Self {
+            pid,
+            stdin: stdio.stdin.map(|fd| StdinSink {
+                fd,
+                pending: VecDeque::new(),
+                window: RecvWindow::new(),
+                closing: false,
+            }),
+            outputs,
+            pty_master: stdio.pty_master,
+            exit: None,
+            reported: false,
+        }
+    }
+}
+
+/// What a poll slot watches.
+#[derive(Clone, Copy)]
+enum Watch {
+    Channel,
+    Children,
+    Output(ProcessId, usize),
+    Stdin(ProcessId),
+}
+
+pub struct Server {
+    channel: Channel,
+    sigchld: SignalFd,
+    container: Option<Container>,
+    processes: HashMap<ProcessId, ProcessEntry>,
+    waits: Vec<(RequestId, ProcessId)>,
+}
+
+fn error_response(err: StepError) -> Response {
+    Response::Error(err.into())
+}
+
+impl Server {
+    pub fn new(channel: Channel) -> Result<Self, ServerError> {
+        // SIGCHLD through a signalfd, so reaping is one more poll slot.
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block()?;
+        let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        Ok(Self {
+            channel,
+            sigchld,
+            container: None,
+            processes: HashMap::new(),
+            waits: Vec::new(),
+        })
+    }
+
+    pub fn hello(&mut self) -> Result<(), ServerError> {
+        self.channel.send(&Frame::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))?;
+        Ok(())
+    }
+
+    /// Tells the host why the agent gives up (best effort).
+    pub fn report_fatal(&mut self, message: String) {
+        let _ = self.channel.send(&Frame::Event(Event::Fatal { message }));
+    }
+
+    pub fn run(&mut self) -> Result<Outcome, ServerError> {
+        loop {
+            let ready = self.wait_ready()?;
+            for (watch, _events) in ready {
+                match watch {
+                    Watch::Channel => {
+                        for frame in self.channel.receive()? {
+                            if let Some(outcome) = self.handle_frame(frame)? {
+                                return Ok(outcome);
+                            }
+                        }
+                    }
+                    Watch::Children => self.reap()?,
+                    Watch::Output(process, index) => self.pump_output(process, index)?,
+                    Watch::Stdin(process) => self.pump_stdin(process)?,
+                }
+            }
+            self.report_exits()?;
+        }
+    }
+
+    fn wait_ready(&self) -> Result<Vec<(Watch, PollFlags)>, ServerError> {
+        let mut watches = vec![Watch::Channel, Watch::Children];
+        let mut fds = vec![
+            PollFd::new(self.channel.fd(), PollFlags::POLLIN),
+            PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
+        ];
+        let mut draining = false;
+        for (id, entry) in &self.processes {
+            for (index, output) in entry.outputs.iter().enumerate() {
+                // No credit: leave the data in the pipe, the writer blocks.
+                if output.credit.available() > 0 {
+                    watches.push(Watch::Output(*id, index));
+                    fds.push(PollFd::new(output.fd.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            if let Some(stdin) = &entry.stdin {
+                if !stdin.pending.is_empty() || stdin.closing {
+                    watches.push(Watch::Stdin(*id));
+                    fds.push(PollFd::new(stdin.fd.as_fd(), PollFlags::POLLOUT));
+                }
+            }
+            draining |= entry.exit.is_some() && !entry.reported;
+        }
+        let timeout = if draining {
+            PollTimeout::from(100u8)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok(Vec::new()),
+            Err(err) => return Err(err.into()),
+        }
+        Ok(watches
+            .into_iter()
+            .zip(fds.iter())
+            .filter_map(|(watch, fd)| {
+                let events = fd.revents().unwrap_or(PollFlags::empty());
+                (!events.is_empty()).then_some((watch, events))
+            })
+            .collect())
+    }
+
+    fn respond(&mut self, id: RequestId, response: Response) -> Result<(), ServerError> {
+        self.channel.send(&Frame::Response { id, response })?;
+        Ok(())
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<Option<Outcome>, ServerError> {
+        match frame {
+            Frame::Request { id, request } => return self.handle_request(id, request),
+            Frame::Data {
+                process,
+                stream: Stream::Stdin,
+                data,
+            } => {
+                let Some(stdin) = self
+                    .processes
+                    .get_mut(&process)
+                    .and_then(|entry| entry.stdin.as_mut())
+                else {
+                    tracing::debug!(process, "stdin data for a process without stdin dropped");
+                    return Ok(None);
+                };
+                stdin.window.on_data(process, Stream::Stdin, data.len())?;
+                stdin.pending.extend(data);
+            }
+            Frame::Credit {
+                process,
+                stream,
+                bytes,
+            } => {
+                if let Some(output) = self
+                    .processes
+                    .get_mut(&process)
+                    .and_then(|entry| entry.outputs.iter_mut().find(|o| o.stream == stream))
+                {
+                    output.credit.grant(bytes)?;
+                }
+            }
+            Frame::Eof {
+                process,
+                stream: Stream::Stdin,
+            } => self.close_stdin(process),
+            other => {
+                tracing::warn!(
+                    kind = other.kind().name(),
+                    "unexpected frame from host ignored"
+                );
+            }
+        }
+        Ok(None)
+    }
+
+    fn close_stdin(&mut self, process: ProcessId) {
+        if let Some(stdin) = self
+            .processes
+            .get_mut(&process)
+            .and_then(|entry| entry.stdin.as_mut())
+        {
+            stdin.closing = true;
+        }
+    }
+
+    fn handle_request(
+        &mut self,
+        id: RequestId,
+        request: Request,
+    ) -> Result<Option<Outcome>, ServerError> {
+        let response = match request {
+            Request::CreateContainer(create) => self.create(&create),
+            Request::Start => match self.container.as_mut() {
+                Some(container) => match container.start() {
+                    Ok(()) => Response::Ok(Reply::Done),
+                    Err(err) => error_response(err),
+                },
+                None => error_response(StepError::new("start", "no container")),
+            },
+            Request::Exec(exec) => match self.container.as_ref() {
+                _ if self.processes.contains_key(&exec.process) => {
+                    error_response(StepError::new("exec", "process id already in use"))
+                }
+                Some(container) => match container.exec(&exec) {
+                    Ok((pid, stdio)) => {
+                        self.processes
+                            .insert(exec.process, ProcessEntry::new(pid, stdio));
+                        Response::Ok(Reply::Started { pid: pid.as_raw() })
+                    }
+                    Err(err) => error_response(err),
+                },
+                None => error_response(StepError::new("exec", "no container")),
+            },
+            Request::Signal { process, signal } => match self.processes.get(&process) {
+                Some(entry) if entry.exit.is_none() => {
+                    match Signal::try_from(signal).and_then(|sig| kill(entry.pid, sig)) {
+                        Ok(()) => Response::Ok(Reply::Done),
+                        Err(err) => error_response(StepError::new(format!("signal {signal}"), err)),
+                    }
+                }
+                Some(_) => error_response(StepError::new("signal", "the process has exited")),
+                None => error_response(StepError::new("signal", format!("no process {process}"))),
+            },
+            Request::Wait { process } => match self.processes.get(&process) {
+                Some(entry) => match (entry.reported, entry.exit) {
+                    (true, Some((status, _))) => Response::Ok(Reply::Exited(status)),
+                    _ => {
+                        self.waits.push((id, process));
+                        return Ok(None);
+                    }
+                },
+                None => error_response(StepError::new("wait", format!("no process {process}"))),
+            },
+            Request::Stats => match self.container.as_ref() {
+                Some(container) => Response::Ok(Reply::Stats(container.stats())),
+                None => error_response(StepError::new("stats", "no container")),
+            },
+            Request::CloseStdin { process } => {
+                self.close_stdin(process);
+                Response::Ok(Reply::Done)
+            }
+            Request::ResizeTty {
+                process,
+                rows,
+                cols,
+            } => match self
+                .processes
+                .get(&process)
+                .and_then(|entry| entry.pty_master.as_ref())
+            {
+                Some(master) => match resize(master.as_fd(), rows, cols) {
+                    Ok(()) => Response::Ok(Reply::Done),
+                    Err(err) => error_response(StepError::new("resize tty", err)),
+                },
+                None => error_response(StepError::new("resize tty", "the process has no tty")),
+            },
+            Request::Shutdown => {
+                self.respond(id, Response::Ok(Reply::Done))?;
+                self.shutdown();
+                return Ok(Some(Outcome::Shutdown));
+            }
+        };
+        self.respond(id, response)?;
+        Ok(None)
+    }
+
+    fn create(&mut self, create: &CreateContainer) -> Response {
+        if self.container.is_some() {
+            return error_response(StepError::new("create", "a container already exists"));
+        }
+        let Entry::Vacant(slot) = self.processes.entry(create.init_process) else {
+            return error_response(StepError::new("create", "process id already in use"));
+        };
+        match Container::create(create) {
+            Ok((container, stdio)) => {
+                let pid = container.init_pid;
+                tracing::info!(container = %container.id, %pid, "created");
+                slot.insert(ProcessEntry::new(pid, stdio));
+                self.container = Some(container);
+                Response::Ok(Reply::Created { pid: pid.as_raw() })
+            }
+            Err(err) => {
+                tracing::warn!(%err, "create failed");
+                error_response(err)
+            }
+        }
+    }
+
+    fn reap(&mut self) -> Result<(), ServerError> {
+        // Drain the signalfd; the waitpid loop below finds every child.
+        while let Ok(Some(_)) = self.sigchld.read_signal() {}
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
+                Ok(status) => {
+                    let (Some(pid), Some(exit)) = (status.pid(), exit_status(status)) else {
+                        continue;
+                    };
+                    if let Some(entry) = self.processes.values_mut().find(|e| e.pid == pid) {
+                        tracing::info!(%pid, code = exit.shell_code(), "process exited");
+                        entry.exit = Some((exit, Instant::now()));
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    fn pump_output(&mut self, process: ProcessId, index: usize) -> Result<(), ServerError> {
+        let Some(entry) = self.processes.get_mut(&process) else {
+            return Ok(());
+        };
+        let Some(output) = entry.outputs.get_mut(index) else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; output.credit.allowance(MAX_DATA_CHUNK)];
+        let frame = match read(&output.fd, &mut buf) {
+            Ok(0) | Err(Errno::EIO) => {
+                // EIO: the pty's last slave closed (its EOF).
+                let stream = output.stream;
+                entry.outputs.remove(index);
+                Frame::Eof { process, stream }
+            }
+            Ok(read) => {
+                output.credit.consume(read);
+                buf.truncate(read);
+                Frame::Data {
+                    process,
+                    stream: output.stream,
+                    data: buf,
+                }
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        self.channel.send(&frame)?;
+        Ok(())
+    }
+
+    fn pump_stdin(&mut self, process: ProcessId) -> Result<(), ServerError> {
+        let Some(entry) = self.processes.get_mut(&process) else {
+            return Ok(());
+        };
+        let Some(stdin) = entry.stdin.as_mut() else {
+            return Ok(());
+        };
+        let mut grant = None;
+        if !stdin.pending.is_empty() {
+            let (front, _) = stdin.pending.as_slices();
+            match write(&stdin.fd, front) {
+                Ok(written) => {
+                    stdin.pending.drain(..written);
+                    grant = stdin.window.on_consumed(written);
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                // The reader is gone: drop what is left and stop.
+                Err(Errno::EPIPE) => {
+                    stdin.pending.clear();
+                    stdin.closing = true;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        if stdin.pending.is_empty() && stdin.closing {
+            entry.stdin = None;
+        }
+        if let Some(bytes) = grant {
+            self.channel.send(&Frame::Credit {
+                process,
+                stream: Stream::Stdin,
+                bytes,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reports exits whose output has drained (or whose grace ran out).
+    fn report_exits(&mut self) -> Result<(), ServerError> {
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for (id, entry) in &mut self.processes {
+            let Some((status, exited_at)) = entry.exit else {
+                continue;
+            };
+            if entry.reported {
+                continue;
+            }
+            if !entry.outputs.is_empty() && now.duration_since(exited_at) < OUTPUT_GRACE {
+                continue;
+            }
+            entry.reported = true;
+            entry.stdin = None;
+            done.push((*id, status, std::mem::take(&mut entry.outputs)));
+        }
+        for (process, status, leftover) in done {
+            // Outputs still open after the grace: end them for the host.
+            for output in leftover {
+                self.channel.send(&Frame::Eof {
+                    process,
+                    stream: output.stream,
+                })?;
+            }
+            self.channel
+                .send(&Frame::Event(Event::ProcessExited { process, status }))?;
+            let (ready, waiting): (Vec<_>, Vec<_>) =
+                self.waits.drain(..).partition(|(_, p)| *p == process);
+            self.waits = waiting;
+            for (request, _) in ready {
+                self.respond(request, Response::Ok(Reply::Exited(status)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills every process and unmounts the container.
+    pub fn shutdown(&mut self) {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        // Reap until no children remain, so mounts are no longer busy.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match waitpid(Pid::from_raw(-1), None) {
+                Err(Errno::ECHILD) => break,
+                _ => continue,
+            }
+        }
+        nix::unistd::sync();
+        if let Some(container) = &self.container {
+            container.unmount();
+        }
+    }
+}
