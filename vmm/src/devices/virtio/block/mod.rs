@@ -2,9 +2,10 @@
 //! the read-only flag honoured. `request` checks what the guest sends,
 //! `disk` does the I/O, `worker` runs the queue on its own thread.
 //!
-//! Features offered: VERSION_1, FLUSH, SEG_MAX, SIZE_MAX, and RO for a
-//! read-only disk. Not offered: EVENT_IDX (we interrupt after every batch),
-//! indirect descriptors, multiqueue, discard.
+//! Features offered: VERSION_1, FLUSH, SEG_MAX, SIZE_MAX, INDIRECT_DESC (so
+//! that a request takes one ring slot and Linux fills the ring with
+//! requests), and RO for a read-only disk. Not offered: EVENT_IDX (we
+//! interrupt after every batch), multiqueue, discard.
 
 mod disk;
 mod request;
@@ -22,6 +23,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_SIZE_MAX,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -128,7 +130,8 @@ impl Block {
         let mut avail_features = VIRTIO_F_VERSION_1
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_SEG_MAX
-            | 1 << VIRTIO_BLK_F_SIZE_MAX;
+            | 1 << VIRTIO_BLK_F_SIZE_MAX
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC;
         if read_only {
             avail_features |= 1 << VIRTIO_BLK_F_RO;
         }

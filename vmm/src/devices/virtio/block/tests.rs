@@ -476,6 +476,36 @@ fn too_many_descriptors_via_an_indirect_table_are_rejected() {
 }
 
 #[test]
+fn request_in_an_indirect_table_is_served() {
+    let mem = memory();
+    write_header(&mem, VIRTIO_BLK_T_IN, 2);
+    let table = GuestAddress(0x38_0000);
+    let descs = [
+        (HEADER_ADDR, 16, VRING_DESC_F_NEXT),
+        (DATA_ADDR, 512, VRING_DESC_F_NEXT | W),
+        (STATUS_ADDR, 1, W),
+    ];
+    for (i, (addr, len, flags)) in descs.into_iter().enumerate() {
+        let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, i as u16 + 1));
+        mem.write_obj(d, table.unchecked_add(i as u64 * 16))
+            .unwrap();
+    }
+    let vq = MockSplitQueue::new(&mem, 16);
+    let head = RawDescriptor::from(SplitDescriptor::new(
+        table.0,
+        48,
+        VRING_DESC_F_INDIRECT as u16,
+        0,
+    ));
+    vq.add_desc_chains(&[head], 0).unwrap();
+    assert_eq!(pop_first(&mem, &vq), 513);
+    assert_eq!(status(&mem), VIRTIO_BLK_S_OK as u8);
+    let mut data = vec![0u8; 512];
+    mem.read_slice(&mut data, GuestAddress(DATA_ADDR)).unwrap();
+    assert_eq!(data, (1024..1536).map(pattern).collect::<Vec<_>>());
+}
+
+#[test]
 fn new_rounds_the_size_down_and_fills_config_space() {
     let mut tmp = tempfile::NamedTempFile::new().unwrap();
     tmp.write_all(&vec![0u8; 10 * 512 + 100]).unwrap();
