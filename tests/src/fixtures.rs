@@ -242,13 +242,30 @@ pub struct BuiltLayer {
     /// The blob as stored in an OCI layout (compressed per `compression`).
     pub blob: Vec<u8>,
     pub compression: Compression,
+    /// What the config and manifest say; tests may set these to lie.
+    pub media_type: String,
     pub diff_id: String,
     pub digest: String,
+}
+
+impl BuiltLayer {
+    pub fn new(tar: Vec<u8>, compression: Compression) -> Self {
+        let blob = compression.compress(&tar);
+        BuiltLayer {
+            diff_id: sha256_digest(&tar),
+            digest: sha256_digest(&blob),
+            media_type: compression.media_type().to_string(),
+            tar,
+            blob,
+            compression,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct BuiltImage {
     pub name: Option<String>,
+    pub cmd: Vec<String>,
     pub config: Vec<u8>,
     /// Image ID: the config's digest.
     pub id: String,
@@ -257,60 +274,143 @@ pub struct BuiltImage {
     pub layers: Vec<BuiltLayer>,
 }
 
+impl BuiltImage {
+    pub fn from_layers(name: Option<&str>, layers: Vec<BuiltLayer>, cmd: Vec<String>) -> Self {
+        let mut image = BuiltImage {
+            name: name.map(String::from),
+            cmd,
+            config: Vec::new(),
+            id: String::new(),
+            manifest: Vec::new(),
+            manifest_digest: String::new(),
+            layers,
+        };
+        image.refresh();
+        image
+    }
+
+    /// Rewrites the config and manifest from the layers' fields (as they
+    /// are, so a test can make them lie).
+    pub fn refresh(&mut self) {
+        let layers = &self.layers;
+        self.config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "2023-11-14T22:13:20Z",
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Cmd": self.cmd,
+                "WorkingDir": "/",
+            },
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
+            },
+            "history": layers.iter().enumerate().map(|(i, _)| serde_json::json!({
+                "created": "2023-11-14T22:13:20Z",
+                "created_by": format!("husk-fixtures layer {}", i + 1),
+            })).collect::<Vec<_>>(),
+        }))
+        .expect("config JSON");
+        self.manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": OCI_CONFIG, "digest": sha256_digest(&self.config), "size": self.config.len() },
+            "layers": layers.iter().map(|l| serde_json::json!({
+                "mediaType": l.media_type,
+                "digest": l.digest,
+                "size": l.blob.len(),
+            })).collect::<Vec<_>>(),
+        }))
+        .expect("manifest JSON");
+        self.id = sha256_digest(&self.config);
+        self.manifest_digest = sha256_digest(&self.manifest);
+    }
+}
+
 pub fn build(spec: &ImageSpec) -> BuiltImage {
-    let layers: Vec<BuiltLayer> = spec
+    let layers = spec
         .layers
         .iter()
-        .map(|layer| {
-            let tar = layer_tar(&layer.nodes);
-            let blob = layer.compression.compress(&tar);
-            BuiltLayer {
-                diff_id: sha256_digest(&tar),
-                digest: sha256_digest(&blob),
-                tar,
-                blob,
-                compression: layer.compression,
-            }
-        })
+        .map(|layer| BuiltLayer::new(layer_tar(&layer.nodes), layer.compression))
         .collect();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "created": "2023-11-14T22:13:20Z",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": spec.cmd,
-            "WorkingDir": "/",
-        },
-        "rootfs": {
-            "type": "layers",
-            "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
-        },
-        "history": layers.iter().enumerate().map(|(i, _)| serde_json::json!({
-            "created": "2023-11-14T22:13:20Z",
-            "created_by": format!("husk-fixtures layer {}", i + 1),
-        })).collect::<Vec<_>>(),
-    }))
-    .expect("config JSON");
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": { "mediaType": OCI_CONFIG, "digest": sha256_digest(&config), "size": config.len() },
-        "layers": layers.iter().map(|l| serde_json::json!({
-            "mediaType": l.compression.media_type(),
-            "digest": l.digest,
-            "size": l.blob.len(),
-        })).collect::<Vec<_>>(),
-    }))
-    .expect("manifest JSON");
-    BuiltImage {
-        name: spec.name.clone(),
-        id: sha256_digest(&config),
-        manifest_digest: sha256_digest(&manifest),
-        config,
-        manifest,
-        layers,
+    BuiltImage::from_layers(spec.name.as_deref(), layers, spec.cmd.clone())
+}
+
+/// A tar entry written with a raw header, so it can be anything a hostile
+/// archive may hold (`tar::Builder` refuses `..` and absolute names).
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub name: Vec<u8>,
+    pub kind: tar::EntryType,
+    pub data: Vec<u8>,
+    pub link: Vec<u8>,
+    /// Size to claim in the header (defaults to the data's length).
+    pub claimed_size: Option<u64>,
+}
+
+impl RawEntry {
+    pub fn file(name: &str, data: &[u8]) -> Self {
+        RawEntry {
+            name: name.into(),
+            kind: tar::EntryType::Regular,
+            data: data.to_vec(),
+            link: Vec::new(),
+            claimed_size: None,
+        }
     }
+    pub fn dir(name: &str) -> Self {
+        RawEntry {
+            name: name.into(),
+            kind: tar::EntryType::Directory,
+            data: Vec::new(),
+            link: Vec::new(),
+            claimed_size: None,
+        }
+    }
+    pub fn symlink(name: &str, target: &str) -> Self {
+        RawEntry {
+            name: name.into(),
+            kind: tar::EntryType::Symlink,
+            data: Vec::new(),
+            link: target.into(),
+            claimed_size: None,
+        }
+    }
+    pub fn hardlink(name: &str, target: &str) -> Self {
+        RawEntry {
+            name: name.into(),
+            kind: tar::EntryType::Link,
+            data: Vec::new(),
+            link: target.into(),
+            claimed_size: None,
+        }
+    }
+}
+
+pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        let old = header.as_old_mut();
+        let name_len = entry.name.len().min(old.name.len());
+        old.name[..name_len].copy_from_slice(&entry.name[..name_len]);
+        let link_len = entry.link.len().min(old.linkname.len());
+        old.linkname[..link_len].copy_from_slice(&entry.link[..link_len]);
+        header.set_entry_type(entry.kind);
+        header.set_size(entry.claimed_size.unwrap_or(entry.data.len() as u64));
+        header.set_mode(if entry.kind.is_dir() { 0o755 } else { 0o644 });
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(MTIME);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&entry.data);
+        let padding = (512 - entry.data.len() % 512) % 512;
+        out.extend_from_slice(&vec![0u8; padding]);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
 }
 
 /// The files of an OCI image layout, in a fixed order.
@@ -630,4 +730,218 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
         chain.push(next);
     }
     chain
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the image end-to-end tests: a husk store in a temp dir, a
+// listing of it to compare, and mounts that are always undone.
+
+/// A scratch image store driven through the real `husk` binary.
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+    pub husk: std::path::PathBuf,
+}
+
+impl TestStore {
+    pub fn new() -> Self {
+        TestStore {
+            dir: tempfile::tempdir().expect("temp dir"),
+            husk: crate::bin("husk"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `husk --store <dir> ARGS`.
+    pub fn husk(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(&self.husk)
+            .arg("--store")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .expect("running husk")
+    }
+
+    /// Runs husk and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.husk(args);
+        assert!(
+            out.status.success(),
+            "husk {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn import(&self, archive: &Path, extra: &[&str]) -> serde_json::Value {
+        let path = archive.to_str().expect("UTF-8 path");
+        let mut args = vec!["image", "import", "--json", path];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&self.ok(&args)).expect("import --json output")
+    }
+
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["image", "inspect", "--json", name]))
+            .expect("inspect --json output")
+    }
+
+    /// Every entry under the store: path, kind, size (and, for files, a
+    /// content hash), sorted. `locks/` only ever holds empty lock files,
+    /// which are bookkeeping and left out (checked to be empty).
+    pub fn listing(&self) -> Vec<String> {
+        let mut entries = Vec::new();
+        let mut pending = vec![self.root().to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in fs::read_dir(&dir).expect("read store dir") {
+                let entry = entry.expect("dir entry");
+                let path = entry.path();
+                let relative = path
+                    .strip_prefix(self.root())
+                    .expect("under root")
+                    .display()
+                    .to_string();
+                let meta = fs::symlink_metadata(&path).expect("stat");
+                if relative.starts_with("locks/") {
+                    assert!(
+                        meta.is_file() && meta.len() == 0,
+                        "unexpected entry in locks/: {relative}"
+                    );
+                    continue;
+                }
+                if meta.is_dir() {
+                    entries.push(format!("{relative}/ dir"));
+                    pending.push(path);
+                } else {
+                    let hash = if meta.is_file() {
+                        sha256_hex(&fs::read(&path).expect("read"))
+                    } else {
+                        String::new()
+                    };
+                    entries.push(format!("{relative} {} {hash}", meta.len()));
+                }
+            }
+        }
+        entries.sort();
+        entries
+    }
+}
+
+impl Default for TestStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why this host cannot mount erofs images and overlayfs, if it cannot.
+pub fn mount_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("mounting needs root".into());
+    }
+    let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    for fs_name in ["erofs", "overlay"] {
+        if !filesystems
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(fs_name))
+        {
+            return Some(format!(
+                "the kernel has no {fs_name} support (modprobe {fs_name})"
+            ));
+        }
+    }
+    None
+}
+
+/// Why this host cannot import images (unpacking needs root for owners and
+/// device nodes, and mkfs.erofs), if it cannot.
+pub fn import_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("importing images needs root (owners, device nodes, trusted xattrs)".into());
+    }
+    if std::process::Command::new("mkfs.erofs")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        return Some("mkfs.erofs is not installed (apt-get install erofs-utils)".into());
+    }
+    None
+}
+
+/// Mount points unmounted (in reverse order) when dropped, even when the
+/// test fails.
+#[derive(Default)]
+pub struct Mounts {
+    points: Vec<std::path::PathBuf>,
+}
+
+impl Mounts {
+    pub fn erofs(&mut self, disk: &Path, target: &Path) -> io::Result<()> {
+        fs::create_dir_all(target)?;
+        self.mount(
+            &["-t", "erofs", "-o", "ro,loop"],
+            &[disk.as_os_str(), target.as_os_str()],
+            target,
+        )
+    }
+
+    /// Overlay of read-only lowers (top first), no upper.
+    pub fn overlay(
+        &mut self,
+        lowers_top_first: &[std::path::PathBuf],
+        target: &Path,
+    ) -> io::Result<()> {
+        fs::create_dir_all(target)?;
+        let lowers: Vec<String> = lowers_top_first
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let options = format!("ro,lowerdir={}", lowers.join(":"));
+        self.mount(
+            &["-t", "overlay", "-o", &options],
+            &["overlay".as_ref(), target.as_os_str()],
+            target,
+        )
+    }
+
+    fn mount(
+        &mut self,
+        flags: &[&str],
+        args: &[&std::ffi::OsStr],
+        target: &Path,
+    ) -> io::Result<()> {
+        let out = std::process::Command::new("mount")
+            .args(flags)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "mount {flags:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        self.points.push(target.to_path_buf());
+        Ok(())
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        while let Some(point) = self.points.pop() {
+            let ok = std::process::Command::new("umount")
+                .arg(&point)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&point)
+                    .status();
+            }
+        }
+    }
 }
