@@ -36,6 +36,48 @@ fn sparse_disk(path: &Path, sectors: u64) {
     file.set_len(sectors * 512).unwrap();
 }
 
+/// A one-file newc initramfs holding `/init` (busybox when the host has a
+/// static one, else a shell script: here userspace dies at its first
+/// syscall anyway, and the kernel prints "Run /init" before exec'ing it).
+/// Written by hand to keep this test free of the cpio tool and crates.
+fn initramfs(path: &Path) {
+    let init = std::fs::read("/bin/busybox").unwrap_or_else(|_| b"#!/bin/sh\nexec sh\n".to_vec());
+    let mut out = Vec::new();
+    let mut entry = |name: &str, mode: u32, data: &[u8]| {
+        let fields = [
+            1,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
+        out.extend_from_slice(b"070701");
+        for field in fields {
+            out.extend_from_slice(format!("{field:08x}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    };
+    entry("init", 0o100_755, &init);
+    entry("TRAILER!!!", 0, &[]);
+    std::fs::write(path, out).unwrap();
+}
+
 /// Reads whatever the guest sends on the console socket, in the background.
 fn collect_console(socket: &Path, deadline: Instant) -> std::thread::JoinHandle<Vec<u8>> {
     let socket = socket.to_path_buf();
@@ -88,12 +130,16 @@ fn vmm_boots_kernel_with_disks_and_console() {
     sparse_disk(&disk_b, DISK_B_SECTORS);
     let socket = dir.path().join("console.sock");
     let serial_log = dir.path().join("serial.log");
+    let initrd = dir.path().join("initrd.cpio");
+    initramfs(&initrd);
 
     let start = Instant::now();
     let deadline = start + BOOT_TIMEOUT;
     let child = Command::new(bin("husk-vmm"))
         .arg("--kernel")
         .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
         // Kernel messages also go to hvc0, so the socket proves the virtio
         // console carries data, not only that it was probed.
         .args([

@@ -5,6 +5,7 @@
 //! command line (`virtio_mmio.device=4K@0x...:IRQ`), so the order here is
 //! the guest's device order: disks are vda, vdb, ... in `--disk` order.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -13,6 +14,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::bus::{Bus, BusError};
 use super::virtio::block::Block;
+use super::virtio::console::Console;
 use super::virtio::{Interrupt, MmioTransport, TransportError, VirtioDevice, QUEUE_NOTIFY_OFFSET};
 use crate::config::{DiskConfig, VmConfig};
 use crate::exit::ExitSender;
@@ -102,17 +104,15 @@ fn make_block(
     Ok(Box::new(block))
 }
 
-// TEMPORARY until helper "virtio" lands the console.
-fn make_console(
-    _socket: &std::path::Path,
-    name: &str,
-    _exit: &ExitSender,
-) -> Result<BoxedDevice, VirtioError> {
-    Err(VirtioError::Device {
+/// A virtio console whose port is bridged to a listening Unix socket.
+fn make_console(socket: &Path, name: &str, exit: &ExitSender) -> Result<BoxedDevice, VirtioError> {
+    let console = Console::new(socket, exit.clone()).map_err(|e| VirtioError::Device {
         device: name.into(),
-        detail: "virtio-console not available yet".into(),
-    })
+        detail: e.to_string(),
+    })?;
+    Ok(Box::new(console))
 }
+
 type BoxedDevice = Box<dyn VirtioDevice + Send>;
 
 /// The guest's name for the `index`th disk: vda, vdb, ..., vdz, vdaa.
