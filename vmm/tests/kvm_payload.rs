@@ -132,6 +132,21 @@ fn payload_prints_on_serial_and_resets_cleanly() {
 }
 
 #[test]
+fn waiting_secondary_vcpus_are_stopped_too() {
+    if !kvm_usable() {
+        eprintln!("SKIPPED: /dev/kvm cannot be opened read-write");
+        return;
+    }
+    // vCPUs 1..3 sit in KVM_RUN waiting for an INIT/SIPI that never comes:
+    // the VMM must kick them out, or this run would hang.
+    let out = run_payload(&hello_payload(b"smp"), &["--vcpus", "4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "smp", "stderr: {stderr}");
+    assert!(out.status.success(), "exit {:?}, stderr: {stderr}", out.status);
+    assert!(!stderr.contains("did not stop"), "stderr: {stderr}");
+}
+
+#[test]
 fn serial_log_file_receives_the_output() {
     if !kvm_usable() {
         eprintln!("SKIPPED: /dev/kvm cannot be opened read-write");
