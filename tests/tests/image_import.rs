@@ -53,7 +53,7 @@ fn ids_equal_those_computed_independently_for_every_format() {
         (Format::Oci, "oci.tar"),
         (Format::OciDir, "oci-dir"),
     ] {
-        let archive = write_archive(work.path(), &[image.clone()], format, name);
+        let archive = write_archive(work.path(), std::slice::from_ref(&image), format, name);
         let store = TestStore::new();
         let report = store.import(&archive, &[]);
         assert_eq!(report["new_layers"], 3, "{name}: {report}");
@@ -128,7 +128,12 @@ fn importing_twice_stores_nothing_new() {
     }
     let work = tempfile::tempdir().unwrap();
     let image = busybox();
-    let oci = write_archive(work.path(), &[image.clone()], Format::Oci, "oci.tar");
+    let oci = write_archive(
+        work.path(),
+        std::slice::from_ref(&image),
+        Format::Oci,
+        "oci.tar",
+    );
     let docker = write_archive(work.path(), &[image], Format::Docker, "docker.tar");
     let store = TestStore::new();
     store.import(&oci, &[]);

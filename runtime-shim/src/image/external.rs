@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("cannot run {program}: {source} (is it installed? scripts/setup.sh installs it)")]
+    #[error("cannot run {program} (is it installed? scripts/setup.sh installs it)")]
     Spawn {
         program: String,
         source: std::io::Error,

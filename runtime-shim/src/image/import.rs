@@ -26,9 +26,9 @@ pub enum ImportError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error("layer {member}: {source}")]
+    #[error("layer {member}")]
     Unpack { member: String, source: UnpackError },
-    #[error("layer {member}: {source}")]
+    #[error("layer {member}")]
     Erofs {
         member: String,
         source: CommandError,
@@ -40,7 +40,7 @@ pub enum ImportError {
         expected: String,
         actual: String,
     },
-    #[error("layer {member}: corrupt or truncated {compression} data: {source}")]
+    #[error("layer {member}: corrupt or truncated {compression} data")]
     Decompress {
         member: String,
         compression: &'static str,
@@ -54,13 +54,13 @@ pub enum ImportError {
     },
     #[error("layer {member}: blob is larger than {limit} bytes (limit)")]
     BlobTooLarge { member: String, limit: u64 },
-    #[error("--tag {tag}: {source}")]
+    #[error("--tag {tag}")]
     BadTag { tag: String, source: ReferenceError },
     #[error(
         "--tag: the archive has {0} untagged images; import them one by one or tag them first"
     )]
     AmbiguousTag(usize),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 
@@ -274,32 +274,39 @@ fn build_layer(
         compression: compression.name(),
         source,
     };
-    let decoder: Box<dyn Read + '_> = match compression {
-        Compression::None => Box::new(&mut blob),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(&mut blob).map_err(decompress_err)?)
-        }
-    };
-    let mut tar_stream = HashingReader::new(decoder, limits.max_layer_bytes);
-    let stats = unpack::unpack(&mut tar_stream, &tree, limits, &mut |stats| {
-        bar.entries(stats.entries)
-    })
-    .map_err(|source| match source {
-        UnpackError::Read(e) if compression != Compression::None => decompress_err(e),
-        source => ImportError::Unpack {
-            member: member.clone(),
-            source,
-        },
-    })?;
-    // Trailing tar padding and anything after the end-of-archive blocks is
-    // part of the diff ID; the rest of the blob is part of its digest.
-    tar_stream.drain().map_err(decompress_err)?;
-    let (diff_id, tar_bytes) = tar_stream.finish();
-    blob.drain().map_err(io_error(Path::new(&layer.member)))?;
-    let (blob_digest, _) = blob.finish();
+    // The tar stream is unpacked in this block; whatever happens, the blob is
+    // then read to its end and its digest checked first: a blob that is not
+    // what its descriptor says is reported as such, not as the corruption
+    // it causes further down.
+    let streamed = (|| {
+        let decoder: Box<dyn Read + '_> = match compression {
+            Compression::None => Box::new(&mut blob),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(&mut blob).map_err(decompress_err)?)
+            }
+        };
+        let mut tar_stream = HashingReader::new(decoder, limits.max_layer_bytes);
+        let stats = unpack::unpack(&mut tar_stream, &tree, limits, &mut |stats| {
+            bar.entries(stats.entries)
+        })
+        .map_err(|source| match source {
+            UnpackError::Read(e) if compression != Compression::None => decompress_err(e),
+            source => ImportError::Unpack {
+                member: member.clone(),
+                source,
+            },
+        })?;
+        // Trailing tar padding and anything after the end-of-archive blocks
+        // is part of the diff ID; the rest of the blob is part of its digest.
+        tar_stream.drain().map_err(decompress_err)?;
+        let (diff_id, tar_bytes) = tar_stream.finish();
+        Ok::<_, ImportError>((stats, diff_id, tar_bytes))
+    })();
     bar.verifying();
     if let Some(expected) = &layer.blob_digest {
+        blob.drain().map_err(io_error(Path::new(&layer.member)))?;
+        let (blob_digest, _) = blob.finish();
         if *expected != blob_digest {
             return Err(ImportError::Mismatch {
                 member,
@@ -309,6 +316,7 @@ fn build_layer(
             });
         }
     }
+    let (stats, diff_id, tar_bytes) = streamed?;
     if diff_id != layer.diff_id {
         return Err(ImportError::Mismatch {
             member,

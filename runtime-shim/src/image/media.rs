@@ -32,11 +32,11 @@ pub enum LayerFormat {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MediaError {
     #[error("unknown layer media type {0:?}")]
-    UnknownLayer(String),
+    Layer(String),
     #[error("unknown config media type {0:?}")]
-    UnknownConfig(String),
+    Config(String),
     #[error("unknown manifest media type {0:?}")]
-    UnknownManifest(String),
+    Manifest(String),
 }
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -59,14 +59,14 @@ pub fn manifest_kind(media_type: &str) -> Result<ManifestKind, MediaError> {
     match media_type {
         OCI_INDEX | DOCKER_MANIFEST_LIST => Ok(ManifestKind::Index),
         OCI_MANIFEST | DOCKER_MANIFEST => Ok(ManifestKind::Manifest),
-        other => Err(MediaError::UnknownManifest(other.to_string())),
+        other => Err(MediaError::Manifest(other.to_string())),
     }
 }
 
 pub fn check_config(media_type: &str) -> Result<(), MediaError> {
     match media_type {
         OCI_CONFIG | DOCKER_CONFIG => Ok(()),
-        other => Err(MediaError::UnknownConfig(other.to_string())),
+        other => Err(MediaError::Config(other.to_string())),
     }
 }
 
@@ -85,7 +85,7 @@ pub fn layer_format(media_type: &str) -> Result<LayerFormat, MediaError> {
         "application/vnd.docker.image.rootfs.diff.tar.gzip"
         | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
         | "application/vnd.docker.image.rootfs.diff.tar" => Ok(LayerFormat::Sniff),
-        other => Err(MediaError::UnknownLayer(other.to_string())),
+        other => Err(MediaError::Layer(other.to_string())),
     }
 }
 

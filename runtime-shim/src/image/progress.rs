@@ -57,7 +57,7 @@ impl LayerBar {
     }
 
     pub fn entries(&self, entries: u64) {
-        if entries % 256 == 0 {
+        if entries & 0xff == 0 {
             self.bar.set_message(format!("{entries} files"));
         }
     }

@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
                 FormatArg::Oci => Format::Oci,
                 FormatArg::OciDir => Format::OciDir,
             };
-            fixtures::write(&[image.clone()], format, &out)?;
+            fixtures::write(std::slice::from_ref(&image), format, &out)?;
             println!("{} {}", out.display(), image.id);
         }
     }

@@ -27,7 +27,15 @@ pub fn plans(source: &Source, limits: &Limits) -> Result<Vec<ImagePlan>, Archive
             source,
         })?;
     let mut plans: Vec<ImagePlan> = Vec::new();
-    for entry in entries {
+    for mut entry in entries {
+        // Paths are checked before use: a manifest pointing outside the
+        // archive is refused as such, not reported as missing.
+        entry.config = super::normalize_member(&entry.config)?;
+        entry.layers = entry
+            .layers
+            .iter()
+            .map(|l| super::normalize_member(l))
+            .collect::<Result<_, _>>()?;
         let config_bytes = source.read_small(&entry.config, limits.max_json_bytes)?;
         let id = Digest::of_bytes(&config_bytes);
         if let Some(named) = content_address(&entry.config) {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("{0} is neither an OCI image layout nor a docker archive (no oci-layout/index.json or manifest.json)")]
     UnknownFormat(String),
@@ -37,18 +37,18 @@ pub enum ArchiveError {
         expected: String,
         actual: String,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Digest { what: String, source: DigestError },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Media { what: String, source: MediaError },
-    #[error("{what}: invalid JSON: {source}")]
+    #[error("{what}: invalid JSON")]
     Json {
         what: String,
         source: serde_json::Error,
     },
     #[error("{0}")]
     Invalid(String),
-    #[error("reading {what}: {source}")]
+    #[error("reading {what}")]
     Read { what: String, source: io::Error },
 }
 

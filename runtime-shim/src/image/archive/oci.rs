@@ -67,7 +67,7 @@ fn names_of(descriptor: &Descriptor) -> Vec<String> {
 }
 
 fn descriptor_digest(descriptor: &Descriptor, what: &str) -> Result<Digest, ArchiveError> {
-    Digest::parse(&descriptor.digest().to_string()).map_err(|source| ArchiveError::Digest {
+    Digest::parse(descriptor.digest().as_ref()).map_err(|source| ArchiveError::Digest {
         what: what.to_string(),
         source,
     })
@@ -125,7 +125,7 @@ fn image_from_descriptor(
                 })?;
             let config_descriptor = manifest.config();
             let config_digest = descriptor_digest(config_descriptor, &format!("{what}: config"))?;
-            media::check_config(&config_descriptor.media_type().to_string()).map_err(|source| {
+            media::check_config(config_descriptor.media_type().as_ref()).map_err(|source| {
                 ArchiveError::Media {
                     what: blob_path(&config_digest),
                     source,
@@ -148,7 +148,7 @@ fn image_from_descriptor(
                 let layer_digest = descriptor_digest(layer, &format!("{what}: layer"))?;
                 let member = blob_path(&layer_digest);
                 let format =
-                    media::layer_format(&layer.media_type().to_string()).map_err(|source| {
+                    media::layer_format(layer.media_type().as_ref()).map_err(|source| {
                         ArchiveError::Media {
                             what: member.clone(),
                             source,

@@ -35,9 +35,9 @@ use whiteout::{BadWhiteout, Whiteout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("entry {path:?}: {source}")]
+    #[error("entry {path:?}")]
     Path { path: String, source: PathError },
-    #[error("entry {path:?}: {source}")]
+    #[error("entry {path:?}")]
     Whiteout { path: String, source: BadWhiteout },
     #[error("entry {path:?} would be written through {through:?}, which is a symlink or not a directory")]
     ThroughLink { path: String, through: String },
@@ -59,7 +59,7 @@ pub enum UnpackError {
     BadHeader { path: String, what: String },
     #[error("entry {path:?}: extended attribute {name:?} is not allowed in a layer")]
     ForbiddenXattr { path: String, name: String },
-    #[error("entry {path:?}: {op}: {source}")]
+    #[error("entry {path:?}: {op}")]
     Io {
         path: String,
         op: &'static str,
@@ -550,7 +550,7 @@ impl Unpacker<'_> {
     /// Applies directory metadata deepest first, once all children exist.
     fn finish_directories(&mut self) -> Result<(), UnpackError> {
         let mut dirs: Vec<(Vec<OsString>, Meta)> = self.dirs.drain().collect();
-        dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        dirs.sort_by_key(|entry| std::cmp::Reverse(entry.0.len()));
         for (parts, meta) in dirs {
             // A directory replaced by a later non-directory entry is gone.
             let Some(dir) = self.existing_dir(&parts) else {
