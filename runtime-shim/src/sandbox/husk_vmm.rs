@@ -46,6 +46,8 @@ impl HuskVmmBackend {
     pub fn command(&self, config: &VmConfig) -> Command {
         let mut cmd = Command::new(&self.program);
         let mut cmdline = base_cmdline();
+        // husk-vmm ends the VM on the i8042 reset line.
+        cmdline.push("reboot=k".into());
         cmdline.extend(config.cmdline_extra.iter().cloned());
         cmd.arg("--kernel").arg(&config.kernel);
         cmd.arg("--initrd").arg(&config.initramfs);
