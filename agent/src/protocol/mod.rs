@@ -10,7 +10,11 @@
 //! When ready to serve, the agent sends a `Hello` frame
 //! (`{"protocol_version":1,"agent_version":"0.1.0"}`). The host reads it
 //! first ([`expect_hello`]) and gives up on any other frame or version.
-//! The host sends nothing before the Hello.
+//! The host sends nothing before the Hello. The agent sends Hello once, as
+//! soon as it has booted: the host must already be connected to the
+//! console socket by then (QEMU drops console output while no client is
+//! connected: use `server=on,wait=on`, or connect before the guest can
+//! boot).
 //!
 //! # Frames
 //! A 12-byte header, all integers big-endian, then `len` payload bytes:
@@ -46,6 +50,10 @@
 //! Typical run: Hello ← ; CreateContainer → Created ; Start → Done ;
 //! stdio Data/Credit/Eof both ways ; Event::ProcessExited ← (after the
 //! process's stdout/stderr Eof) ; Shutdown → Done ; the VM powers off.
+//!
+//! If the agent cannot go on (garbled channel, credit violation, channel
+//! closed) it sends `Event::Fatal { message }` if it still can and powers
+//! the VM off.
 //!
 //! # Flow control
 //! Per (process, stream), credit-based (see [`flow`]): every stream starts
