@@ -1,0 +1,90 @@
+//! `husk run` resource limits and signals, end to end in a microVM.
+
+mod run_support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use run_support::{assert_code, text};
+
+/// The container's own process (PID 1) is killed by the OOM killer when it
+/// holds more than `--memory`: status 128+SIGKILL. (`tail` of an endless
+/// line keeps all of it in memory.) This is also the "killed by a signal"
+/// case: a PID-namespace init ignores signals it sends itself (`kill -9 $$`
+/// does nothing to PID 1, as under Docker), but not the OOM killer.
+#[test]
+fn memory_limit_kills_what_allocates_past_it() {
+    let env = run_env!();
+    let out = env.run(&["--memory", "32M", "busybox", "tail", "/dev/zero"]);
+    assert_code(&out, 137);
+    // A child that allocates too much dies; the container goes on.
+    let out = env.run(&[
+        "--memory",
+        "32M",
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 104857600 /dev/zero | tail; echo tail=$?; head -c 8388608 /dev/zero | tail | wc -c",
+    ]);
+    assert_code(&out, 0);
+    assert_eq!(
+        text(&out.stdout),
+        "tail=137\n8388608\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn pids_limit_stops_forks() {
+    let env = run_env!();
+    let script = "for i in $(seq 20); do sleep 5 & done; echo forked";
+    let out = env.run(&["--pids-limit", "10", "busybox", "sh", "-c", script]);
+    assert_ne!(out.status.code(), Some(0), "stdout: {}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("can't fork"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    // The same script fits under the default limit.
+    let out = env.run(&["busybox", "sh", "-c", script]);
+    assert_code(&out, 0);
+    assert_eq!(text(&out.stdout), "forked\n");
+    env.assert_clean();
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_container() {
+    let env = run_env!();
+    let mut cmd = env.command(&[
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 3' TERM; echo ready; while true; do sleep 1; done",
+    ]);
+    cmd.stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn husk");
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.take().expect("stdout");
+    // Wait for "ready" so the trap is installed, then signal husk.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + run_support::RUN_TIMEOUT;
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        assert!(Instant::now() < deadline, "container never said ready");
+        let n = std::io::Read::read(&mut stdout, &mut buf).expect("read stdout");
+        assert!(n > 0, "husk closed stdout before ready");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).expect("read stdout");
+    let status = child.wait().expect("wait husk");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    seen.extend_from_slice(&rest);
+    assert_eq!(status.code(), Some(3), "stdout: {}", text(&seen));
+    assert!(text(&seen).contains("got TERM"), "stdout: {}", text(&seen));
+    env.assert_clean();
+}

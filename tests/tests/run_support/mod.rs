@@ -1,0 +1,205 @@
+//! Shared set-up of the `husk run` end-to-end tests: a temp store with the
+//! busybox fixture imported, the guest kernel and agent from the
+//! environment, `husk run` with a hard timeout, and the "nothing left
+//! behind" checks.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_e2e::fixtures::{self, Format, TestStore};
+
+/// A VM boot under TCG takes seconds; a loaded CI host is slower.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+pub struct RunEnv {
+    pub store: TestStore,
+    pub kernel: PathBuf,
+    pub agent: PathBuf,
+    pub backend: String,
+}
+
+/// The test environment, or why this host cannot run the tests.
+pub fn setup() -> Result<RunEnv, String> {
+    let kernel = husk_e2e::kernel()
+        .ok_or("HUSK_KERNEL is not set to a guest kernel (run guest-kernel-config/build.sh; scripts/setup.sh writes target/husk.env)")?;
+    let agent = std::env::var_os("HUSK_AGENT")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .ok_or("HUSK_AGENT is not set to the static guest agent (scripts/setup.sh builds it)")?;
+    if let Some(reason) = fixtures::import_unavailable() {
+        return Err(reason);
+    }
+    // QEMU is what runs guests on hosts without usable KVM (this one); a
+    // ready host can run the same tests on husk-vmm with HUSK_TEST_BACKEND.
+    let backend = std::env::var("HUSK_TEST_BACKEND").unwrap_or_else(|_| "qemu".into());
+    if backend != "husk"
+        && Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        return Err("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into());
+    }
+    let store = TestStore::new();
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let archive = work.path().join("busybox.tar");
+    let image =
+        fixtures::build(&fixtures::busybox(Some("busybox:latest")).map_err(|e| e.to_string())?);
+    fixtures::write(&[image], Format::Docker, &archive).map_err(|e| e.to_string())?;
+    store.import(&archive, &[]);
+    Ok(RunEnv {
+        store,
+        kernel,
+        agent,
+        backend,
+    })
+}
+
+impl RunEnv {
+    /// `husk --store S run --backend B ARGS` with the kernel and agent set.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.store.husk);
+        cmd.arg("--store")
+            .arg(self.store.root())
+            .arg("--log-level")
+            .arg("info")
+            .arg("run")
+            .arg("--backend")
+            .arg(&self.backend)
+            .args(args)
+            .env("HUSK_KERNEL", &self.kernel)
+            .env("HUSK_AGENT", &self.agent)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_input(args, None)
+    }
+
+    pub fn run_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut cmd = self.command(args);
+        if input.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("spawn husk");
+        let feeder = input.map(|data| {
+            let mut stdin = child.stdin.take().expect("stdin pipe");
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            })
+        });
+        let out = wait_with_timeout(child, RUN_TIMEOUT, args);
+        if let Some(f) = feeder {
+            let _ = f.join();
+        }
+        out
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.store.root().join("run")
+    }
+
+    /// Nothing of a finished run is left: no run directory entry (socket,
+    /// logs), no VM process (any process naming this store on its
+    /// command line, as the VM's socket path does).
+    pub fn assert_clean(&self) {
+        let leftovers: Vec<_> = std::fs::read_dir(self.run_dir())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "left in the run dir: {leftovers:?}");
+        let procs = processes_mentioning(self.store.root());
+        assert!(procs.is_empty(), "processes left behind: {procs:?}");
+    }
+}
+
+/// Waits for `child`, killing it and failing the test after `timeout`.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration, what: &[&str]) -> Output {
+    // Pipes the caller already took are read as empty.
+    let out_reader = read_all(child.stdout.take());
+    let err_reader = read_all(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait husk") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("husk run {what:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Pids whose command line mentions `path` (other than this test process).
+pub fn processes_mentioning(path: &Path) -> Vec<(u32, String)> {
+    let needle = path.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the run exited with `code`, showing its output otherwise.
+pub fn assert_code(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Skips the calling test (with the reason) when the host cannot run VMs.
+#[macro_export]
+macro_rules! run_env {
+    () => {
+        match run_support::setup() {
+            Ok(env) => env,
+            Err(reason) => husk_e2e::skip!("{reason}"),
+        }
+    };
+}
