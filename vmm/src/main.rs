@@ -3,6 +3,7 @@
 //! on stderr otherwise (triple fault, KVM internal error, failed entry,
 //! device error, VMM error, bad configuration).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;

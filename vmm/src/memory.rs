@@ -22,8 +22,9 @@
 //! ```
 //!
 //! IRQs: 4 is the 8250 serial (COM1), 1 the i8042; virtio devices get 5 and
-//! up (`IrqAllocator`). With no MP/ACPI tables the guest routes them through
-//! the legacy PIC, so they must stay below 16.
+//! up (`DeviceSlotAllocator`), to the last IOAPIC pin (23). The MP table
+//! (`boot::mptable`) routes ISA IRQ n to IOAPIC pin n, which is what lets
+//! the guest use lines above the legacy PIC's 15.
 
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -76,8 +77,8 @@ pub const I8042_IRQ: u32 = 1;
 pub const SERIAL_IRQ: u32 = 4;
 /// Virtio devices get IRQs from here up.
 pub const FIRST_VIRTIO_IRQ: u32 = 5;
-/// Last IRQ the legacy PIC can deliver.
-pub const LAST_DEVICE_IRQ: u32 = 15;
+/// Last IOAPIC pin (KVM's in-kernel IOAPIC has 24).
+pub const LAST_DEVICE_IRQ: u32 = IOAPIC_PINS as u32 - 1;
 
 /// Smallest and largest guest RAM we accept (MiB).
 pub const MIN_MEM_MIB: u64 = 64;
