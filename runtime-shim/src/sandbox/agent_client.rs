@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use husk_agent::protocol::{
-    check_hello, encode_frame, ErrorReply, Frame, FrameDecoder, Hello, ProtocolError, Reply,
+    check_hello, encode_frame, ErrorReply, Event, Frame, FrameDecoder, Hello, ProtocolError, Reply,
     Request, RequestId, Response,
 };
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -51,6 +51,8 @@ pub enum AgentError {
     Io(#[from] io::Error),
     #[error("{0}")]
     Agent(ErrorReply),
+    #[error("the guest agent gave up: {0}")]
+    Fatal(String),
     #[error("the agent sent {0} frames ahead of the host: a misbehaving guest")]
     Flood(usize),
     #[error("the agent answered {request} with an unexpected {reply}")]
@@ -221,6 +223,9 @@ impl AgentClient {
                     // Decode as we go: a garbage header fails here, before
                     // anything more from the peer is buffered.
                     while let Some(frame) = self.decoder.next_frame()? {
+                        if let Frame::Event(Event::Fatal { message }) = frame {
+                            return Err(AgentError::Fatal(message));
+                        }
                         self.inbox.push_back(frame);
                     }
                     if self.inbox.len() > MAX_QUEUED_FRAMES {

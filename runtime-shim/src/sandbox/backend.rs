@@ -85,6 +85,11 @@ pub enum BackendError {
 /// Starts VMs.
 pub trait VmBackend {
     fn kind(&self) -> BackendKind;
+    /// The serial the guest will see on the `index`th disk when the backend
+    /// names disks itself (then [`DiskConfig::serial`] is ignored).
+    fn fixed_disk_serial(&self, _index: usize) -> Option<String> {
+        None
+    }
     /// Start the VM; it runs until it powers off or the handle is dropped.
     fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError>;
 }

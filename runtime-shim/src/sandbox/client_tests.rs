@@ -142,6 +142,7 @@ fn oversized_frame_header_is_refused_before_buffering() {
     let mut vm = fx.vm("sleep 30");
     let agent = fx.agent(|mut s| {
         hello(&mut s);
+        let _ = recv(&mut s);
         // Data frame claiming 4 GiB of payload.
         send_raw(
             &mut s,
@@ -472,5 +473,32 @@ fn channel_closing_mid_session_is_an_error() {
     let err = stdio::run(&mut client, &mut vm, None, &host, opts).unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(5));
     assert!(matches!(err, AgentError::VmEnded { .. }), "{err}");
+    agent.join().unwrap();
+}
+
+#[test]
+fn fatal_event_from_the_agent_ends_the_wait_with_its_message() {
+    let fx = Fixture::new();
+    let mut vm = fx.vm("sleep 30");
+    let agent = fx.agent(|mut s| {
+        hello(&mut s);
+        let _ = recv(&mut s);
+        send(
+            &mut s,
+            Frame::Event(Event::Fatal {
+                message: "channel garbled".into(),
+            }),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    let mut client = connect(&fx, &mut vm);
+    client.handshake(&mut vm, None, SHORT).unwrap();
+    let err = client
+        .call(&mut vm, None, Request::Start, SHORT)
+        .unwrap_err();
+    assert!(
+        matches!(&err, AgentError::Fatal(m) if m == "channel garbled"),
+        "{err}"
+    );
     agent.join().unwrap();
 }

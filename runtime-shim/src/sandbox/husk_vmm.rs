@@ -55,8 +55,7 @@ impl HuskVmmBackend {
         cmd.arg("--vcpus").arg(config.vcpus.to_string());
         cmd.arg("--mem-mib").arg(config.memory_mib.to_string());
         for disk in &config.disks {
-            // husk-vmm numbers its virtio-blk devices in --disk order; the
-            // serial travels to the agent with the layer list.
+            // husk-vmm names disks by --disk order (see fixed_disk_serial).
             let mut spec = disk.path.clone().into_os_string();
             if disk.read_only {
                 spec.push(":ro");
@@ -72,6 +71,11 @@ impl HuskVmmBackend {
 impl VmBackend for HuskVmmBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::HuskVmm
+    }
+
+    /// husk-vmm gives each disk its guest name (vda, vdb, ...) as serial.
+    fn fixed_disk_serial(&self, index: usize) -> Option<String> {
+        Some(husk_vmm::devices::wiring::disk_name(index))
     }
 
     fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError> {

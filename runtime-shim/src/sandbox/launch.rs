@@ -99,6 +99,9 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
     let kernel = assets::kernel(launch.kernel.as_deref())?;
     let agent = assets::agent()?;
 
+    let selected = select::select(launch.backend, husk_vmm::probe::probe_host)?;
+    tracing::info!("backend: {} ({})", selected.backend.kind(), selected.reason);
+
     let store = Store::open(store_root)?;
     let image = store.resolve(&launch.image)?;
     if image.layers.len() > 64 {
@@ -114,7 +117,10 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
                 disk: layer.disk.clone(),
             });
         }
-        let serial = format!("husk-l{index}");
+        let serial = selected
+            .backend
+            .fixed_disk_serial(index)
+            .unwrap_or_else(|| format!("husk-l{index}"));
         disks.push(DiskConfig {
             path: layer.disk.clone(),
             read_only: true,
@@ -140,8 +146,6 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
     spec.set_annotations(Some(annotations));
 
     let initramfs = initramfs::cached(store_root, &agent)?;
-    let selected = select::select(launch.backend, husk_vmm::probe::probe_host)?;
-    tracing::info!("backend: {} ({})", selected.backend.kind(), selected.reason);
 
     let memory_mib = match options.memory_bytes {
         Some(bytes) => u32::try_from(bytes.div_ceil(1 << 20))

@@ -61,8 +61,11 @@ impl QemuBackend {
         cmd.arg("-append").arg(cmdline.join(" "));
         cmd.arg("-m").arg(config.memory_mib.to_string());
         cmd.arg("-smp").arg(config.vcpus.to_string());
+        // wait=on: QEMU waits for husk to connect before it runs the guest,
+        // because console output sent while no client is connected is
+        // dropped (and with it the agent's Hello).
         cmd.arg("-chardev").arg(format!(
-            "socket,id=agent,path={},server=on,wait=off",
+            "socket,id=agent,path={},server=on,wait=on",
             qemu_path(&config.console_socket)?
         ));
         cmd.args([
@@ -180,7 +183,7 @@ mod tests {
         assert!(a.contains("-serial file:/r/serial.log"), "{a}");
         assert!(a.contains("-m 320 -smp 2"), "{a}");
         assert!(
-            a.contains("socket,id=agent,path=/r/console.sock,server=on,wait=off"),
+            a.contains("socket,id=agent,path=/r/console.sock,server=on,wait=on"),
             "{a}"
         );
         assert!(
