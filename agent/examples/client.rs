@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use husk_agent::protocol::{
-    expect_hello, read_frame, write_frame, CreateContainer, Event, ExecProcess, Frame,
-    LayerDisk, Reply, Request, Response, SendCredit, Stream,
+    expect_hello, read_frame, write_frame, CreateContainer, Event, ExecProcess, Frame, LayerDisk,
+    Reply, Request, Response, SendCredit, Stream,
 };
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxPidsBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec,
+    LinuxBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Spec,
 };
 
 const INIT: u32 = 1;
@@ -90,7 +90,9 @@ fn spec(options: &Options) -> anyhow::Result<Spec> {
         resources = resources.pids(LinuxPidsBuilder::default().limit(pids).build()?);
     }
     let default_linux = spec.linux().clone().unwrap_or_default();
-    let mut linux = LinuxBuilder::default().resources(resources.build()?).build()?;
+    let mut linux = LinuxBuilder::default()
+        .resources(resources.build()?)
+        .build()?;
     linux.set_namespaces(default_linux.namespaces().clone());
     linux.set_masked_paths(default_linux.masked_paths().clone());
     linux.set_readonly_paths(default_linux.readonly_paths().clone());
@@ -105,7 +107,10 @@ fn main() -> anyhow::Result<()> {
     let mut reader = stream.try_clone()?;
     let mut writer = stream;
     let hello = expect_hello(&mut reader).context("hello")?;
-    eprintln!("[client] agent {} (protocol {})", hello.agent_version, hello.protocol_version);
+    eprintln!(
+        "[client] agent {} (protocol {})",
+        hello.agent_version, hello.protocol_version
+    );
 
     let (frames_tx, frames) = mpsc::channel();
     std::thread::spawn(move || loop {
@@ -139,7 +144,10 @@ fn main() -> anyhow::Result<()> {
         scratch: None,
         stdin: options.stdin,
     };
-    let mut pending_start = Some(request(&mut writer, Request::CreateContainer(Box::new(create)))?);
+    let mut pending_start = Some(request(
+        &mut writer,
+        Request::CreateContainer(Box::new(create)),
+    )?);
     let mut stdin_data: VecDeque<u8> = VecDeque::new();
     if options.stdin {
         let mut all = Vec::new();
@@ -162,14 +170,30 @@ fn main() -> anyhow::Result<()> {
                 }
                 let data: Vec<u8> = stdin_data.drain(..n).collect();
                 stdin_credit.consume(n);
-                write_frame(&mut writer, &Frame::Data { process: INIT, stream: Stream::Stdin, data })?;
+                write_frame(
+                    &mut writer,
+                    &Frame::Data {
+                        process: INIT,
+                        stream: Stream::Stdin,
+                        data,
+                    },
+                )?;
             }
             if stdin_data.is_empty() {
-                write_frame(&mut writer, &Frame::Eof { process: INIT, stream: Stream::Stdin })?;
+                write_frame(
+                    &mut writer,
+                    &Frame::Eof {
+                        process: INIT,
+                        stream: Stream::Stdin,
+                    },
+                )?;
                 stdin_open = false;
             }
         }
-        let frame = frames.recv().context("reader gone")?.context("read frame")?;
+        let frame = frames
+            .recv()
+            .context("reader gone")?
+            .context("read frame")?;
         match frame {
             Frame::Response { id, response } => match response {
                 Response::Error(err) => bail!("agent error (request {id}): {err}"),
@@ -197,7 +221,11 @@ fn main() -> anyhow::Result<()> {
                 }
                 Response::Ok(reply) => eprintln!("[client] reply {id}: {reply:?}"),
             },
-            Frame::Data { process, stream, data } => {
+            Frame::Data {
+                process,
+                stream,
+                data,
+            } => {
                 let tag = if process == EXEC { "[exec] " } else { "" };
                 match stream {
                     Stream::Stderr => {
@@ -213,10 +241,18 @@ fn main() -> anyhow::Result<()> {
                 // Consumed at once: grant it back.
                 write_frame(
                     &mut writer,
-                    &Frame::Credit { process, stream, bytes: data.len() as u32 },
+                    &Frame::Credit {
+                        process,
+                        stream,
+                        bytes: data.len() as u32,
+                    },
                 )?;
             }
-            Frame::Credit { stream: Stream::Stdin, bytes, .. } => stdin_credit.grant(bytes)?,
+            Frame::Credit {
+                stream: Stream::Stdin,
+                bytes,
+                ..
+            } => stdin_credit.grant(bytes)?,
             Frame::Event(Event::ProcessExited { process, status }) => {
                 eprintln!("[client] process {process} exited: {status:?}");
                 if process == INIT {

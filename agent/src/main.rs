@@ -77,10 +77,12 @@ fn serve(is_pid1: bool) -> anyhow::Result<()> {
 fn main() {
     let is_pid1 = std::process::id() == 1;
     init_logging();
-    if let Err(err) = serve(is_pid1) {
+    let result = serve(is_pid1);
+    if let Err(err) = &result {
         tracing::error!("{err:#}");
     }
     if is_pid1 {
         init::power_off();
     }
+    std::process::exit(if result.is_ok() { 0 } else { 1 });
 }

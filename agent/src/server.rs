@@ -501,12 +501,21 @@ impl Server {
 
     /// Kills every process and unmounts the container.
     pub fn shutdown(&mut self) {
-        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        if std::process::id() == 1 {
+            // PID 1 of the VM: kill(-1) reaches every other process.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        } else {
+            // Not PID 1 (a test on a host): kill(-1) would hit the host.
+            for entry in self.processes.values().filter(|e| e.exit.is_none()) {
+                let _ = kill(entry.pid, Signal::SIGKILL);
+            }
+        }
         // Reap until no children remain, so mounts are no longer busy.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            match waitpid(Pid::from_raw(-1), None) {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Err(Errno::ECHILD) => break,
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
                 _ => continue,
             }
         }
