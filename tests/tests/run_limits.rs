@@ -88,3 +88,55 @@ fn sigterm_is_forwarded_to_the_container() {
     assert!(text(&seen).contains("got TERM"), "stdout: {}", text(&seen));
     env.assert_clean();
 }
+
+/// `sleep` as PID 1 has no SIGINT handler, so forwarded Ctrl-Cs do nothing
+/// to it; the third one gives up on the container: status 130, VM gone.
+#[test]
+fn repeated_ctrl_c_abandons_a_container_that_ignores_it() {
+    let env = run_env!();
+    let mut cmd = env.command(&["busybox", "sh", "-c", "echo ready; exec sleep 120"]);
+    cmd.stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn husk");
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut stdout, &mut buf).expect("read stdout");
+    assert!(text(&buf[..n]).contains("ready"));
+    let started = Instant::now();
+    for _ in 0..3 {
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = run_support::wait_with_timeout(child, Duration::from_secs(30), &["ctrl-c"]);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_code(&out, 130);
+    assert!(
+        text(&out.stderr).contains("repeated SIGINT"),
+        "{}",
+        text(&out.stderr)
+    );
+    env.assert_clean();
+}
+
+/// Ctrl-C while the VM boots stops the run cleanly.
+#[test]
+fn ctrl_c_during_boot_stops_cleanly() {
+    let env = run_env!();
+    let child = env
+        .command(&["busybox", "true"])
+        .spawn()
+        .expect("spawn husk");
+    std::thread::sleep(Duration::from_millis(700));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = run_support::wait_with_timeout(child, Duration::from_secs(30), &["ctrl-c boot"]);
+    // A very fast host may have finished already.
+    if out.status.code() != Some(0) {
+        assert_code(&out, 130);
+        assert!(
+            text(&out.stderr).contains("interrupted by SIGINT"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    env.assert_clean();
+}

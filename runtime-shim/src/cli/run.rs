@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::sandbox::launch::{self, Launch, Outcome};
+use crate::sandbox::agent_client::AgentError;
+use crate::sandbox::launch::{self, Launch, LaunchError, Outcome};
 use crate::sandbox::select::BackendChoice;
 use crate::sandbox::spec::{parse_size, RunOptions};
 use crate::sandbox::terminal;
@@ -115,11 +116,19 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         kernel: args.kernel,
         vcpus,
     };
-    match launch::run(store, launch)? {
-        Outcome::Exited(code) => Ok(code),
-        Outcome::StartFailed { code, error } => {
+    match launch::run(store, launch) {
+        Ok(Outcome::Exited(code)) => Ok(code),
+        Ok(Outcome::StartFailed { code, error }) => {
             eprintln!("husk: cannot run the container's command: {error}");
             Ok(code)
         }
+        // Stopped by the user: the shell's status for that signal.
+        Err(LaunchError::Agent(
+            e @ (AgentError::Interrupted(sig) | AgentError::Abandoned(sig)),
+        )) => {
+            eprintln!("husk: {e}");
+            Ok(128 + sig as i32)
+        }
+        Err(e) => Err(e.into()),
     }
 }

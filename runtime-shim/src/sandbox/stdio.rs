@@ -22,6 +22,11 @@ use super::terminal;
 /// Stop reading stdin while this much is queued for the socket.
 const MAX_QUEUED_STDIN: usize = 1 << 20;
 
+/// A PID-namespace init ignores signals it has no handler for, so a
+/// forwarded Ctrl-C may do nothing: this many in a row give up on the
+/// container (the VM is then killed) rather than leave the user stuck.
+const INTERRUPTS_TO_ABANDON: u32 = 3;
+
 #[derive(Clone, Copy, Debug)]
 pub struct SessionOptions {
     pub process: ProcessId,
@@ -67,6 +72,7 @@ pub fn run(
     let mut stdin_open = opts.forward_stdin;
     let mut stdin_credit = SendCredit::new();
     let mut buf = vec![0u8; husk_agent::protocol::MAX_DATA_CHUNK];
+    let mut interrupts = 0u32;
     loop {
         while let Some(frame) = client.next_frame() {
             match frame {
@@ -189,6 +195,12 @@ pub fn run(
         if signal_ready {
             if let Some(watch) = signals {
                 while let Some(sig) = watch.next() {
+                    if sig == Signal::SIGINT {
+                        interrupts += 1;
+                        if interrupts >= INTERRUPTS_TO_ABANDON {
+                            return Err(AgentError::Abandoned(sig));
+                        }
+                    }
                     forward_signal(client, process, opts.terminal, sig)?;
                 }
             }
