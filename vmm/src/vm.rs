@@ -150,6 +150,12 @@ impl Vm {
                 cmdline,
             } => {
                 let nested = nested_pvm_workarounds(config.nested_pvm_workarounds);
+                if nested && config.vcpus > 1 {
+                    tracing::warn!(
+                        vcpus = config.vcpus,
+                        "nested PVM cannot start secondary vCPUs; the guest will use one"
+                    );
+                }
                 let cmdline = boot::cmdline::build_cmdline(cmdline, virtio.slots(), nested)
                     .map_err(BootError::from)?;
                 tracing::info!(cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(), "kernel command line");

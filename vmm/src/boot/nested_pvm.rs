@@ -27,6 +27,11 @@ pub const NESTED_PVM_KERNEL_PARAMS: &[&str] = &[
     // in alternative_instructions() skippable: PVM cannot emulate the
     // kernel-mode int3 it executes.
     INT3_SELFTEST_SKIP_PARAM,
+    // Secondary vCPU bring-up (INIT/SIPI into the real-mode trampoline)
+    // never completes under PVM: the boot hangs at "Booting SMP
+    // configuration" (QEMU microvm -smp 2 hangs the same way). Extra vCPUs
+    // stay parked in the in-kernel LAPIC.
+    "maxcpus=1",
 ];
 
 /// The parameter our guest kernel patch reads to skip the int3 self-test.
