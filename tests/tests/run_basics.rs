@@ -171,3 +171,24 @@ fn layer_disk_hashes(env: &run_support::RunEnv) -> Vec<(String, String)> {
     assert!(!out.is_empty(), "no layer disks found in the store");
     out
 }
+
+/// `husk run busybox yes | head -1`: when the reader of husk's stdout goes
+/// away, the run ends (status 141, as SIGPIPE would) instead of running on.
+#[test]
+fn closed_stdout_ends_the_run() {
+    let env = run_env!();
+    let mut child = env
+        .command(&["busybox", "yes"])
+        .spawn()
+        .expect("spawn husk");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut buf = [0u8; 2];
+    std::io::Read::read_exact(&mut stdout, &mut buf).expect("first line");
+    assert_eq!(&buf, b"y\n");
+    drop(stdout);
+    let closed = std::time::Instant::now();
+    let out = run_support::wait_with_timeout(child, std::time::Duration::from_secs(30), &["yes"]);
+    assert!(closed.elapsed() < std::time::Duration::from_secs(15));
+    assert_code(&out, 141);
+    env.assert_clean();
+}

@@ -129,6 +129,12 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
             eprintln!("husk: {e}");
             Ok(128 + sig as i32)
         }
+        // The reader of our output went away: end quietly with the status
+        // of a pipeline member killed by SIGPIPE.
+        Err(LaunchError::Agent(AgentError::OutputClosed(stream))) => {
+            tracing::info!("{stream} closed by its reader; container stopped");
+            Ok(128 + libc::SIGPIPE)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -45,6 +45,8 @@ pub enum AgentError {
     VmEnded { what: &'static str, detail: String },
     #[error("interrupted by {0} before the container started")]
     Interrupted(Signal),
+    #[error("husk's {0} was closed by its reader")]
+    OutputClosed(&'static str),
     #[error("stopped by repeated {0}: the container did not exit on the forwarded signals")]
     Abandoned(Signal),
     #[error("the agent channel broke: {0}")]

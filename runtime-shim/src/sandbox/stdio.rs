@@ -41,9 +41,9 @@ pub struct HostStdio<'a> {
     pub stderr: BorrowedFd<'a>,
 }
 
-/// An output stream to the host: open until a write fails (e.g. EPIPE when
-/// the reader went away); afterwards its data is discarded but credited, so
-/// the container is not stalled by a closed pipe.
+/// An output stream to the host: open until a write fails (other than
+/// EPIPE, which ends the run); afterwards its data is discarded but
+/// credited, so the container is not stalled.
 struct Sink<'a> {
     fd: BorrowedFd<'a>,
     window: RecvWindow,
@@ -90,9 +90,18 @@ pub fn run(
                     };
                     sink.window.on_data(p, stream, data.len())?;
                     if sink.open {
-                        if let Err(e) = write_all(sink.fd, &data) {
-                            tracing::debug!(stream = stream.name(), error = %e, "host output closed");
-                            sink.open = false;
+                        match write_all(sink.fd, &data) {
+                            Ok(()) => {}
+                            // Like a process in a shell pipeline whose
+                            // reader went away (`husk run .. yes | head`):
+                            // the run ends, as SIGPIPE would end it.
+                            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                                return Err(AgentError::OutputClosed(stream.name()));
+                            }
+                            Err(e) => {
+                                tracing::warn!(stream = stream.name(), error = %e, "host output failed; discarding it");
+                                sink.open = false;
+                            }
                         }
                     }
                     if let Some(bytes) = sink.window.on_consumed(data.len()) {
