@@ -328,3 +328,76 @@ fn concurrent_imports_of_images_sharing_a_layer() {
     store.inspect("busybox");
     store.inspect("derived:1");
 }
+
+#[test]
+fn an_interrupted_import_leaves_no_half_layer() {
+    if let Some(reason) = fixtures::import_unavailable() {
+        skip!("{reason}");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mut image = busybox();
+    let big = fixtures::layer_tar(&[fixtures::file("/big", &vec![0u8; 96 << 20], 0o644)]);
+    image
+        .layers
+        .push(fixtures::BuiltLayer::new(big, fixtures::Compression::None));
+    image.refresh();
+    let archive = write_archive(
+        work.path(),
+        std::slice::from_ref(&image),
+        Format::Oci,
+        "big.tar",
+    );
+    let store = TestStore::new();
+    store.ok(&["image", "ls"]);
+    let mut child = std::process::Command::new(&store.husk)
+        .arg("--store")
+        .arg(store.root())
+        .args(["image", "import", "--quiet"])
+        .arg(&archive)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Every layer in the database is complete; no image refers to a
+    // missing layer.
+    for entry in fs::read_dir(store.root().join("layerdb/sha256")).unwrap() {
+        let dir = entry.unwrap().path();
+        for name in ["diff", "size", "cache-id", "layer.erofs"] {
+            assert!(
+                dir.join(name).exists(),
+                "half layer: {} lacks {name}",
+                dir.display()
+            );
+        }
+    }
+    assert!(
+        store
+            .husk(&["image", "inspect", &image.id])
+            .status
+            .success()
+            == store
+                .root()
+                .join("imagedb/content/sha256")
+                .join(image.id.trim_start_matches("sha256:"))
+                .exists()
+    );
+    // The staging directory left behind is swept once stale.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for entry in fs::read_dir(store.root().join("tmp")).unwrap() {
+        fs::File::open(entry.unwrap().path())
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    store.ok(&["image", "prune"]);
+    assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+    // And the import completes when run again.
+    let report = store.import(&archive, &[]);
+    assert_eq!(report["images"][0]["id"], image.id);
+    assert_eq!(
+        store.inspect("busybox")["layers"].as_array().unwrap().len(),
+        4
+    );
+}

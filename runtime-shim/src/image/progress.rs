@@ -36,6 +36,16 @@ impl Progress {
     }
 }
 
+impl Drop for Progress {
+    /// indicatif leaves the cursor at the end of the last bar; the summary
+    /// line printed next must start on a line of its own.
+    fn drop(&mut self) {
+        if !self.bars.is_hidden() {
+            eprintln!();
+        }
+    }
+}
+
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())

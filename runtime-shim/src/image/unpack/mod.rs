@@ -571,9 +571,14 @@ impl Unpacker<'_> {
             what,
         };
         let header = entry.header();
-        let mut uid = header.uid().map_err(|e| bad(format!("uid: {e}")))?;
-        let mut gid = header.gid().map_err(|e| bad(format!("gid: {e}")))?;
-        let mode = header.mode().map_err(|e| bad(format!("mode: {e}")))? & 0o7777;
+        let old = header.as_old();
+        let mut uid =
+            numeric_field(&old.uid, header.uid()).map_err(|e| bad(format!("uid: {e}")))?;
+        let mut gid =
+            numeric_field(&old.gid, header.gid()).map_err(|e| bad(format!("gid: {e}")))?;
+        let mode = numeric_field(&old.mode, header.mode().map(u64::from))
+            .map_err(|e| bad(format!("mode: {e}")))? as u32
+            & 0o7777;
         let mut mtime = TimeSpec::new(header.mtime().unwrap_or(0).min(i64::MAX as u64) as i64, 0);
         let mut xattrs = Vec::new();
         let pax: Vec<(String, Vec<u8>)> = match entry.pax_extensions().map_err(UnpackError::Read)? {
@@ -659,6 +664,15 @@ fn apply_to_fd(
         })?;
     }
     futimens(fd, &meta.mtime, &meta.mtime).map_err(io_err(shown, "setting times"))
+}
+
+/// A numeric header field; an empty one (all NUL or spaces) reads as 0, as
+/// Go's archive/tar (Docker) and GNU tar read it.
+fn numeric_field(raw: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
+    match parsed {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        other => other,
+    }
 }
 
 /// user.*, security.* (file capabilities, SELinux labels) and POSIX ACLs.

@@ -345,3 +345,47 @@ fn pax_times() {
     assert_eq!(parse_pax_time("7"), Some(TimeSpec::new(7, 0)));
     assert_eq!(parse_pax_time("x"), None);
 }
+
+#[test]
+fn keeps_user_xattrs() {
+    if !is_root() {
+        eprintln!("SKIPPED: unpacking with owners needs root");
+        return;
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_pax_extensions([("SCHILY.xattr.user.note", &b"kept"[..])])
+        .unwrap();
+    builder
+        .append(&raw(b"f", EntryType::Regular, 0, b""), &b""[..])
+        .unwrap();
+    let (dir, result) = unpack_bytes(&builder.into_inner().unwrap(), &Limits::default());
+    result.unwrap();
+    let path = CString::new(dir.path().join("f").as_os_str().as_bytes()).unwrap();
+    let name = CString::new("user.note").unwrap();
+    let mut value = [0u8; 16];
+    // SAFETY: valid NUL-terminated strings and a 16-byte buffer.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    assert_eq!(&value[..n.max(0) as usize], b"kept");
+}
+
+#[test]
+fn empty_numeric_fields_read_as_zero() {
+    assert_eq!(
+        numeric_field(&[0; 8], Err(io::Error::other("x"))).unwrap(),
+        0
+    );
+    assert_eq!(
+        numeric_field(b"       \0", Err(io::Error::other("x"))).unwrap(),
+        0
+    );
+    assert!(numeric_field(b"zz\0\0\0\0\0\0", Err(io::Error::other("x"))).is_err());
+    assert_eq!(numeric_field(b"0001750\0", Ok(1000)).unwrap(), 1000);
+}
