@@ -116,3 +116,37 @@ fn guest_dying_mid_run_is_an_error_not_a_hang() {
     assert!(err.contains("the VM ended"), "{err}");
     env.assert_clean();
 }
+
+/// husk killed outright (SIGKILL) cannot clean up: its VM dies with it, and
+/// the next run removes the orphaned run directory.
+#[test]
+fn husk_killed_outright_leaves_nothing_after_the_next_run() {
+    let env = run_env!();
+    let mut cmd = env.command(&["busybox", "sh", "-c", "echo started; sleep 60"]);
+    cmd.stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn husk");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut buf = [0u8; 64];
+    let n = stdout.read(&mut buf).expect("read stdout");
+    assert!(text(&buf[..n]).contains("started"));
+    child.kill().expect("SIGKILL husk");
+    child.wait().expect("reap husk");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(env.store.root()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the VM outlived husk: {:?}",
+            processes_mentioning(env.store.root())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let leftovers = std::fs::read_dir(env.run_dir()).unwrap().count();
+    assert_eq!(
+        leftovers, 1,
+        "the killed run's directory is there until the next run"
+    );
+    let out = env.run(&["busybox", "true"]);
+    assert_code(&out, 0);
+    env.assert_clean();
+}

@@ -155,6 +155,7 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
     };
     // Declared before the VM so it is dropped after it: the VM goes first,
     // then its socket and logs.
+    RunDir::sweep_stale(store_root);
     let rundir = RunDir::create(store_root, &container_id)?;
     tracing::debug!(path = %rundir.path().display(), "run directory");
     let config = VmConfig {

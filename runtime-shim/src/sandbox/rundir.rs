@@ -2,10 +2,18 @@
 //! serial log and the VM program's log. Removed when the guard drops, on
 //! every exit path; the VM must be gone first (its handle is dropped
 //! before this guard).
+//!
+//! A husk killed outright (SIGKILL) cannot clean up; its VM dies with it
+//! (PR_SET_PDEATHSIG) and its directory is swept by the next run: each
+//! live run holds a lock on `<dir>/lock`, so a directory whose lock can be
+//! taken belongs to no one.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
 
 /// sockaddr_un holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -22,7 +30,12 @@ pub enum RunDirError {
 
 pub struct RunDir {
     path: PathBuf,
+    _lock: Flock<File>,
 }
+
+/// A directory without a lock file younger than this may be a run that is
+/// just starting.
+const UNLOCKED_GRACE: Duration = Duration::from_secs(60);
 
 impl RunDir {
     pub fn create(store: &Path, id: &str) -> Result<Self, RunDirError> {
@@ -37,7 +50,45 @@ impl RunDir {
                 path: path.clone(),
                 source,
             })?;
-        Ok(RunDir { path })
+        let lock = File::create(path.join("lock"))
+            .and_then(|file| {
+                Flock::lock(file, FlockArg::LockExclusiveNonblock)
+                    .map_err(|(_, errno)| io::Error::from(errno))
+            })
+            .map_err(|source| {
+                let _ = fs::remove_dir_all(&path);
+                RunDirError::Create {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        Ok(RunDir { path, _lock: lock })
+    }
+
+    /// Removes the directories of runs whose husk died without cleaning
+    /// up. Best effort: failures are logged.
+    pub fn sweep_stale(store: &Path) {
+        let Ok(entries) = fs::read_dir(store.join("run")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let stale = match File::open(dir.join("lock")) {
+                Ok(file) => Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok(),
+                Err(_) => entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > UNLOCKED_GRACE),
+            };
+            if stale {
+                tracing::info!(path = %dir.display(), "removing a stale run directory");
+                if let Err(e) = fs::remove_dir_all(&dir) {
+                    tracing::warn!(path = %dir.display(), error = %e, "removing a stale run directory");
+                }
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -84,6 +135,26 @@ mod tests {
         drop(dir);
         assert!(!path.exists());
         assert!(store.path().join("run").exists());
+    }
+
+    #[test]
+    fn sweep_removes_only_unlocked_directories() {
+        let store = tempfile::tempdir().unwrap();
+        let live = RunDir::create(store.path(), "live").unwrap();
+        // A husk that died: its lock file is there, nobody holds it.
+        let dead_path = store.path().join("run/dead");
+        fs::create_dir(&dead_path).unwrap();
+        File::create(dead_path.join("lock")).unwrap();
+        fs::write(dead_path.join("serial.log"), b"x").unwrap();
+        let young_unlocked = store.path().join("run/starting");
+        fs::create_dir(&young_unlocked).unwrap();
+        RunDir::sweep_stale(store.path());
+        assert!(live.path().exists());
+        assert!(!dead_path.exists());
+        assert!(
+            young_unlocked.exists(),
+            "a run that has not locked yet is left alone"
+        );
     }
 
     #[test]
