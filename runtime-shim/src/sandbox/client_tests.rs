@@ -502,3 +502,47 @@ fn fatal_event_from_the_agent_ends_the_wait_with_its_message() {
     );
     agent.join().unwrap();
 }
+
+#[test]
+fn output_and_exit_sent_just_before_the_channel_closes_are_kept() {
+    let fx = Fixture::new();
+    let mut vm = fx.vm("sleep 30");
+    let agent = fx.agent(|mut s| {
+        hello(&mut s);
+        send(
+            &mut s,
+            Frame::Data {
+                process: 1,
+                stream: Stream::Stdout,
+                data: b"last words\n".to_vec(),
+            },
+        );
+        send(
+            &mut s,
+            Frame::Event(Event::ProcessExited {
+                process: 1,
+                status: ExitStatus::exited(4),
+            }),
+        );
+        drop(s);
+    });
+    let mut client = connect(&fx, &mut vm);
+    client.handshake(&mut vm, None, SHORT).unwrap();
+    agent.join().unwrap();
+    let p = pipes();
+    let host = HostStdio {
+        stdin: p.stdin_r.as_fd(),
+        stdout: p.out_w.as_fd(),
+        stderr: p.err_w.as_fd(),
+    };
+    let opts = SessionOptions {
+        process: 1,
+        forward_stdin: false,
+        terminal: false,
+    };
+    let status = stdio::run(&mut client, &mut vm, None, &host, opts).unwrap();
+    assert_eq!(status.shell_code(), 4);
+    let out_r = p.out_r;
+    drop(p.out_w);
+    assert_eq!(drain(out_r).join().unwrap(), b"last words\n");
+}

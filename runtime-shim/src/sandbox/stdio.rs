@@ -216,19 +216,19 @@ pub fn run(
         }
         client.flush()?;
         client.read_available()?;
+        // Frames read before a close are handled first (top of the loop):
+        // the exit may be among them. Only then is a close a dead guest.
+        if client.has_frames() {
+            continue;
+        }
         if client.is_closed() {
-            // Take what was read before the close; if the exit is not among
-            // it, the guest died.
-            if let Some(status) = drain_for_exit(client, process) {
-                return Ok(status);
-            }
             let _ = vm.wait_timeout(std::time::Duration::from_millis(500));
             return Err(AgentError::VmEnded {
                 what: "the container to exit",
                 detail: format!("channel closed; {}", vm.describe_end()),
             });
         }
-        if !vm.is_running() && !client.has_frames() {
+        if !vm.is_running() {
             return Err(AgentError::VmEnded {
                 what: "the container to exit",
                 detail: vm.describe_end(),
@@ -261,18 +261,6 @@ fn forward_signal(
         })?;
     }
     Ok(())
-}
-
-/// The exit event among already-read frames, writing any output before it.
-fn drain_for_exit(client: &mut AgentClient, process: ProcessId) -> Option<ExitStatus> {
-    while let Some(frame) = client.next_frame() {
-        if let Frame::Event(Event::ProcessExited { process: p, status }) = frame {
-            if p == process {
-                return Some(status);
-            }
-        }
-    }
-    None
 }
 
 /// Writes all of `data` to a blocking or non-blocking fd.
