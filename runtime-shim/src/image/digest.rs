@@ -94,7 +94,8 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
 /// bytes (a decompression bomb ends as an error, not a full disk).
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    /// `None`: only counts and limits (the bytes are hashed elsewhere).
+    hasher: Option<Sha256>,
     bytes: u64,
     limit: u64,
 }
@@ -103,7 +104,17 @@ impl<R: Read> HashingReader<R> {
     pub fn new(inner: R, limit: u64) -> Self {
         Self {
             inner,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// Counts and limits without hashing.
+    pub fn counting(inner: R, limit: u64) -> Self {
+        Self {
+            inner,
+            hasher: None,
             bytes: 0,
             limit,
         }
@@ -115,8 +126,9 @@ impl<R: Read> HashingReader<R> {
         io::copy(self, &mut io::sink()).map(|_| ())
     }
 
-    pub fn finish(self) -> (Digest, u64) {
-        (Digest::from_hasher(self.hasher), self.bytes)
+    /// The digest (`None` for a counting reader) and the byte count.
+    pub fn finish(self) -> (Option<Digest>, u64) {
+        (self.hasher.map(Digest::from_hasher), self.bytes)
     }
 }
 
@@ -130,7 +142,9 @@ impl<R: Read> Read for HashingReader<R> {
                 format!("stream is larger than the limit of {} bytes", self.limit),
             ));
         }
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -178,7 +192,10 @@ mod tests {
     fn hashing_reader_hashes_and_limits() {
         let mut r = HashingReader::new(&b"hello"[..], 10);
         r.drain().unwrap();
-        assert_eq!(r.finish(), (Digest::of_bytes(b"hello"), 5));
+        assert_eq!(r.finish(), (Some(Digest::of_bytes(b"hello")), 5));
+        let mut r = HashingReader::counting(&b"hello"[..], 10);
+        r.drain().unwrap();
+        assert_eq!(r.finish(), (None, 5));
         let mut r = HashingReader::new(&b"hello"[..], 4);
         assert!(r.drain().is_err());
     }

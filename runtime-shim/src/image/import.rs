@@ -286,7 +286,12 @@ fn build_layer(
                 Box::new(zstd::stream::read::Decoder::new(&mut blob).map_err(decompress_err)?)
             }
         };
-        let mut tar_stream = HashingReader::new(decoder, limits.max_layer_bytes);
+        // An uncompressed blob is the tar itself: its digest (computed by
+        // `blob`) is the diff ID, so it is hashed once, not twice.
+        let mut tar_stream = match compression {
+            Compression::None => HashingReader::counting(decoder, limits.max_layer_bytes),
+            _ => HashingReader::new(decoder, limits.max_layer_bytes),
+        };
         let stats = unpack::unpack(&mut tar_stream, &tree, limits, &mut |stats| {
             bar.entries(stats.entries)
         })
@@ -304,9 +309,13 @@ fn build_layer(
         Ok::<_, ImportError>((stats, diff_id, tar_bytes))
     })();
     bar.verifying();
+    blob.drain().map_err(io_error(Path::new(&layer.member)))?;
+    let (blob_digest, _) = blob.finish();
+    let blob_digest = blob_digest.ok_or_else(|| ImportError::Io {
+        path: PathBuf::from(&layer.member),
+        source: io::Error::other("blob was not hashed"),
+    })?;
     if let Some(expected) = &layer.blob_digest {
-        blob.drain().map_err(io_error(Path::new(&layer.member)))?;
-        let (blob_digest, _) = blob.finish();
         if *expected != blob_digest {
             return Err(ImportError::Mismatch {
                 member,
@@ -317,6 +326,7 @@ fn build_layer(
         }
     }
     let (stats, diff_id, tar_bytes) = streamed?;
+    let diff_id = diff_id.unwrap_or(blob_digest);
     if diff_id != layer.diff_id {
         return Err(ImportError::Mismatch {
             member,
