@@ -10,6 +10,9 @@ use std::fmt;
 pub enum VmExitReason {
     /// The guest powered off or asked for a reset (i8042 / reboot): a clean end.
     GuestShutdown,
+    /// The guest kernel panicked (its panic message went out on the serial
+    /// port), then reset itself: a failure even though the reset is clean.
+    GuestPanic,
     /// The vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
     TripleFault { vcpu: u32 },
     /// KVM could not run or emulate guest code (KVM_EXIT_INTERNAL_ERROR).
@@ -36,12 +39,29 @@ impl fmt::Display for VmExitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VmExitReason::GuestShutdown => write!(f, "guest shut down"),
-            VmExitReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu}: triple fault (guest reset by CPU shutdown)"),
-            VmExitReason::InternalError { vcpu, detail } => {
-                write!(f, "vCPU {vcpu}: KVM internal error (KVM could not emulate guest code): {detail}")
+            VmExitReason::GuestPanic => {
+                write!(
+                    f,
+                    "guest kernel panicked (the panic message is in the serial log)"
+                )
             }
-            VmExitReason::FailEntry { vcpu, hardware_reason } => {
-                write!(f, "vCPU {vcpu}: VM entry failed, hardware reason {hardware_reason:#x}")
+            VmExitReason::TripleFault { vcpu } => {
+                write!(f, "vCPU {vcpu}: triple fault (guest reset by CPU shutdown)")
+            }
+            VmExitReason::InternalError { vcpu, detail } => {
+                write!(
+                    f,
+                    "vCPU {vcpu}: KVM internal error (KVM could not emulate guest code): {detail}"
+                )
+            }
+            VmExitReason::FailEntry {
+                vcpu,
+                hardware_reason,
+            } => {
+                write!(
+                    f,
+                    "vCPU {vcpu}: VM entry failed, hardware reason {hardware_reason:#x}"
+                )
             }
             VmExitReason::DeviceError { device, detail } => write!(f, "device {device}: {detail}"),
             VmExitReason::VmmError(detail) => write!(f, "VMM error: {detail}"),

@@ -30,7 +30,9 @@ use crate::boot::{self, BootEntry, BootError};
 use crate::config::{BootSource, ConfigError, NestedPvmWorkarounds, SerialOutput, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
-use crate::devices::serial::{SerialDevice, SerialSink, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
+use crate::devices::serial::{
+    PanicWatch, SerialDevice, SerialSink, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+};
 use crate::devices::wiring::{self as virtio_wiring, VirtioDevices, VirtioError};
 use crate::exit::{ExitSender, VmExitReason};
 use crate::memory::{
@@ -97,6 +99,8 @@ pub struct Vm {
     _kvm: Kvm,
     /// When the process started, for the first-KVM_RUN log line.
     process_start: Instant,
+    /// Set when the kernel's panic line went out on the serial port.
+    guest_panicked: Arc<AtomicBool>,
 }
 
 impl Vm {
@@ -128,9 +132,10 @@ impl Vm {
 
         let (exit_tx, exit_rx) = mpsc::channel();
         let mut pio = Bus::new();
+        let guest_panicked = Arc::new(AtomicBool::new(false));
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             serial_irq(&vm_fd)?,
-            serial_sink(&config.serial)?,
+            serial_sink(&config.serial, &guest_panicked)?,
         )));
         pio.insert(SERIAL_PORT_BASE, SERIAL_PORT_LEN, serial.clone())?;
         pio.insert(
@@ -187,6 +192,7 @@ impl Vm {
             _mem: mem,
             _kvm: kvm,
             process_start,
+            guest_panicked,
         })
     }
 
@@ -227,6 +233,10 @@ impl Vm {
             .recv()
             .unwrap_or_else(|_| VmExitReason::VmmError("exit channel closed".into()));
         stop_vcpus(&stop, threads);
+        // A panicking kernel resets itself (panic=N): not a clean end.
+        if reason == VmExitReason::GuestShutdown && self.guest_panicked.load(Ordering::Acquire) {
+            return VmExitReason::GuestPanic;
+        }
         reason
     }
 }
@@ -289,8 +299,8 @@ fn serial_irq(vm_fd: &VmFd) -> Result<EventFd, VmError> {
     Ok(evt)
 }
 
-fn serial_sink(output: &SerialOutput) -> Result<SerialSink, VmError> {
-    Ok(match output {
+fn serial_sink(output: &SerialOutput, panicked: &Arc<AtomicBool>) -> Result<SerialSink, VmError> {
+    let sink: SerialSink = match output {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::None => Box::new(std::io::sink()),
         SerialOutput::File(path) => {
@@ -299,7 +309,8 @@ fn serial_sink(output: &SerialOutput) -> Result<SerialSink, VmError> {
                 source,
             })?)
         }
-    })
+    };
+    Ok(Box::new(PanicWatch::new(sink, panicked.clone())))
 }
 
 fn nested_pvm_workarounds(setting: NestedPvmWorkarounds) -> bool {

@@ -141,9 +141,33 @@ fn waiting_secondary_vcpus_are_stopped_too() {
     // the VMM must kick them out, or this run would hang.
     let out = run_payload(&hello_payload(b"smp"), &["--vcpus", "4"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "smp", "stderr: {stderr}");
-    assert!(out.status.success(), "exit {:?}, stderr: {stderr}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "smp",
+        "stderr: {stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {stderr}",
+        out.status
+    );
     assert!(!stderr.contains("did not stop"), "stderr: {stderr}");
+}
+
+#[test]
+fn reset_after_a_kernel_panic_line_is_a_failure() {
+    if !kvm_usable() {
+        eprintln!("SKIPPED: /dev/kvm cannot be opened read-write");
+        return;
+    }
+    // What Linux does with panic=1: print the panic line, then reset.
+    let out = run_payload(&hello_payload(b"Kernel panic - not syncing: test\n"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("husk-vmm: guest kernel panicked (the panic message is in the serial log)")
+    );
 }
 
 #[test]

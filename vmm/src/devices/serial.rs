@@ -4,6 +4,8 @@
 //! feeds it (host stdin when it is a terminal).
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -35,6 +37,57 @@ impl Trigger for IrqFdTrigger {
 
 /// The host side the guest's output goes to.
 pub type SerialSink = Box<dyn Write + Send>;
+
+/// What Linux prints when it panics (kernel/panic.c). Its reboot after
+/// `panic=N` is an ordinary i8042 reset, so this line is how the VMM tells
+/// a panic from a clean reboot; a guest can only fake its own failure.
+const KERNEL_PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+
+/// Passes output through to a sink and raises a flag when the kernel's
+/// panic line goes by.
+pub struct PanicWatch<W: Write> {
+    inner: W,
+    matched: usize,
+    panicked: Arc<AtomicBool>,
+}
+
+impl<W: Write> PanicWatch<W> {
+    pub fn new(inner: W, panicked: Arc<AtomicBool>) -> Self {
+        PanicWatch {
+            inner,
+            matched: 0,
+            panicked,
+        }
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            // The marker has no proper prefix that is also a suffix, so a
+            // mismatch restarts at 0 (or 1 if this byte starts it again).
+            self.matched = if b == KERNEL_PANIC_MARKER[self.matched] {
+                self.matched + 1
+            } else {
+                usize::from(b == KERNEL_PANIC_MARKER[0])
+            };
+            if self.matched == KERNEL_PANIC_MARKER.len() {
+                self.panicked.store(true, Ordering::Release);
+                self.matched = 0;
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for PanicWatch<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.scan(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 pub struct SerialDevice {
     uart: Serial<IrqFdTrigger, NoEvents, SerialSink>,
@@ -94,7 +147,7 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     /// A sink the test can read back.
     #[derive(Clone, Default)]
@@ -160,6 +213,29 @@ mod tests {
         let first = dev.enqueue_input(&big);
         assert!(first > 0 && first < big.len());
         assert_eq!(dev.enqueue_input(&big), 0);
+    }
+
+    #[test]
+    fn panic_line_raises_the_flag_wherever_it_is_split() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut watch = PanicWatch::new(io::sink(), flag.clone());
+        watch.write_all(b"[ 1.0] KKernel pani").unwrap();
+        assert!(!flag.load(Ordering::Acquire));
+        for b in b"c - not syncing: VFS: Unable to mount root fs" {
+            watch.write_all(&[*b]).unwrap();
+        }
+        assert!(flag.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn ordinary_output_does_not_raise_the_flag() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut watch = PanicWatch::new(Vec::new(), flag.clone());
+        watch
+            .write_all(b"Kernel panic? no. Kernel panic - not syncin\nreboot: Restarting system\n")
+            .unwrap();
+        assert!(!flag.load(Ordering::Acquire));
+        assert!(watch.inner.starts_with(b"Kernel panic? no."));
     }
 
     #[test]
