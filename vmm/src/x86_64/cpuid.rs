@@ -324,11 +324,7 @@ mod tests {
         let size = lookup(cpuid.as_slice(), 0x8000_0008, 0).unwrap();
         assert_eq!(size.ecx & 0xff, 2, "NC = cores - 1");
         assert_eq!((size.ecx >> 12) & 0xf, 2, "APIC ID core bits");
-        assert_eq!(
-            size.ecx & 0x0f00,
-            0x7007 & 0x0f00,
-            "other bits kept"
-        );
+        assert_eq!(size.ecx & 0x0f00, 0x7007 & 0x0f00, "other bits kept");
         let ext = lookup(cpuid.as_slice(), 0x8000_001e, 0).unwrap();
         assert_eq!((ext.eax, ext.ebx), (2, 2));
     }
