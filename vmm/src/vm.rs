@@ -36,7 +36,8 @@ use crate::devices::serial::{
 use crate::devices::wiring::{self as virtio_wiring, VirtioDevices, VirtioError};
 use crate::exit::{ExitSender, VmExitReason};
 use crate::memory::{
-    self, DeviceSlotAllocator, MemoryError, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, SERIAL_IRQ,
+    self, DeviceSlot, DeviceSlotAllocator, MemoryError, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
+    SERIAL_IRQ,
 };
 use crate::vcpu::{kick_signal, register_kick_handler, FirstRunClock, Vcpu};
 use crate::x86_64::{cpuid, lapic, msrs, regs, X86Error};
@@ -114,21 +115,7 @@ impl Vm {
         let mem = memory::create_guest_memory(config.mem_mib)?;
         register_memory(&vm_fd, &mem)?;
 
-        // The TSS and identity map must be placed before vCPUs exist.
-        vm_fd
-            .set_tss_address(KVM_TSS_ADDRESS as usize)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm_fd
-            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        setup_irqchip(&vm_fd)?;
 
         let (exit_tx, exit_rx) = mpsc::channel();
         let mut pio = Bus::new();
@@ -148,26 +135,7 @@ impl Vm {
         let mut slots = DeviceSlotAllocator::new();
         let virtio = virtio_wiring::attach(config, &vm_fd, &mem, &mut mmio, &mut slots, &exit_tx)?;
 
-        let entry = match &config.boot {
-            BootSource::Kernel {
-                vmlinux,
-                initrd,
-                cmdline,
-            } => {
-                let nested = nested_pvm_workarounds(config.nested_pvm_workarounds);
-                if nested && config.vcpus > 1 {
-                    tracing::warn!(
-                        vcpus = config.vcpus,
-                        "nested PVM cannot start secondary vCPUs; the guest will use one"
-                    );
-                }
-                let cmdline = boot::cmdline::build_cmdline(cmdline, virtio.slots(), nested)
-                    .map_err(BootError::from)?;
-                tracing::info!(cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(), "kernel command line");
-                boot::load_kernel(&mem, config.mem_mib, vmlinux, initrd.as_deref(), &cmdline)?
-            }
-            BootSource::RawPayload { path } => boot::load_raw_payload(&mem, path)?,
-        };
+        let entry = load_boot_source(config, &mem, virtio.slots())?;
         regs::write_gdt(&mem)?;
         boot::mptable::write(&mem, config.vcpus).map_err(BootError::from)?;
 
@@ -263,6 +231,57 @@ fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
     if !pending.is_empty() {
         tracing::warn!(count = pending.len(), "vCPU threads did not stop in time");
     }
+}
+
+/// The in-kernel LAPIC/IOAPIC/PIC and PIT, and the pages KVM needs for
+/// them; the TSS and identity map must be placed before vCPUs exist.
+fn setup_irqchip(vm_fd: &VmFd) -> Result<(), VmError> {
+    vm_fd
+        .set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm_fd
+        .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(())
+}
+
+/// Loads the kernel (with its command line and initrd) or the raw payload.
+fn load_boot_source(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    virtio_slots: &[DeviceSlot],
+) -> Result<BootEntry, VmError> {
+    let entry = match &config.boot {
+        BootSource::Kernel {
+            vmlinux,
+            initrd,
+            cmdline,
+        } => {
+            let nested = nested_pvm_workarounds(config.nested_pvm_workarounds);
+            if nested && config.vcpus > 1 {
+                tracing::warn!(
+                    vcpus = config.vcpus,
+                    "nested PVM cannot start secondary vCPUs; the guest will use one"
+                );
+            }
+            let cmdline = boot::cmdline::build_cmdline(cmdline, virtio_slots, nested)
+                .map_err(BootError::from)?;
+            if let Ok(text) = cmdline.as_cstring() {
+                tracing::info!(cmdline = %text.to_string_lossy(), "kernel command line");
+            }
+            boot::load_kernel(mem, config.mem_mib, vmlinux, initrd.as_deref(), &cmdline)?
+        }
+        BootSource::RawPayload { path } => boot::load_raw_payload(mem, path)?,
+    };
+    Ok(entry)
 }
 
 fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
