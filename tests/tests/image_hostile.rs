@@ -212,6 +212,19 @@ fn cases(dir: &Path, outside: &Path) -> Vec<Case> {
         expect: vec!["missing", "blobs/sha256/"],
     });
 
+    // An archive cut short in the middle of a layer blob.
+    let mut bytes = fixtures::tar_bytes(&fixtures::oci_layout_files(std::slice::from_ref(&image)));
+    let cut = bytes.len() * 3 / 4;
+    bytes.truncate(cut);
+    let archive = dir.join("truncated-archive");
+    fs::write(&archive, bytes).unwrap();
+    cases.push(Case {
+        name: "truncated-archive",
+        archive,
+        extra: vec![],
+        expect: vec!["truncated"],
+    });
+
     // Garbage index.json.
     let mut files = fixtures::oci_layout_files(std::slice::from_ref(&image));
     for (name, bytes) in &mut files {

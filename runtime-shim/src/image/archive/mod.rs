@@ -22,6 +22,14 @@ pub enum ArchiveError {
     Io { path: PathBuf, source: io::Error },
     #[error("{0} is neither an OCI image layout nor a docker archive (no oci-layout/index.json or manifest.json)")]
     UnknownFormat(String),
+    #[error("{0} is not a tar archive (nor a directory): expected an OCI image layout or a docker archive")]
+    NotATar(String),
+    #[error("{path}: the tar archive is truncated or corrupt after member {after:?}")]
+    TruncatedTar {
+        path: String,
+        after: String,
+        source: io::Error,
+    },
     #[error("blob {0:?} is missing from the archive")]
     MissingBlob(String),
     #[error("member name {0:?} is not a plain relative path")]
@@ -206,17 +214,33 @@ impl TarIndex {
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
         let mut count = 0u64;
+        let mut last_name = String::new();
         let read_err = |source| ArchiveError::Read {
             what: path.display().to_string(),
             source,
         };
         for entry in archive.entries_with_seek().map_err(read_err)? {
-            let entry = entry.map_err(read_err)?;
+            // A file that fails at its first header is not a tar at all;
+            // the tar crate's message would quote its garbage.
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(_) if count == 0 => {
+                    return Err(ArchiveError::NotATar(path.display().to_string()))
+                }
+                Err(source) => {
+                    return Err(ArchiveError::TruncatedTar {
+                        path: path.display().to_string(),
+                        after: last_name,
+                        source,
+                    })
+                }
+            };
             count += 1;
             if count > limits.max_archive_members {
                 return Err(ArchiveError::TooManyMembers(limits.max_archive_members));
             }
             let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            last_name.clone_from(&raw_name);
             // Members with odd names cannot be referenced by a manifest we
             // accept, so they are simply not indexed.
             let Ok(name) = normalize_member(&raw_name) else {
