@@ -3,7 +3,10 @@
 //! oci-spec default spec with the given command over layer disks, streams
 //! its output and exits with its status.
 //!
-//! `cargo run -p husk-agent --example client -- SOCKET LAYER_SERIAL[,SERIAL..] [--stdin] [--tty] [--memory BYTES] [--pids N] [--exec] -- CMD [ARG..]`
+//! `cargo run -p husk-agent --example client -- SOCKET LAYER_SERIAL[,SERIAL..] [--stdin] [--tty] [--memory BYTES] [--pids N] [--exec] [--signal N] [--seccomp FILE] [--user UID:GID] -- CMD [ARG..]`
+//!
+//! `--signal N` signals the init process right after start; `--seccomp
+//! FILE` sets linux.seccomp from an OCI JSON profile; `--user UID:GID`.
 //!
 //! `--stdin` sends this process's whole stdin (read up front); `--exec`
 //! also runs `CMD` a second time with Exec once the container runs.
@@ -34,6 +37,9 @@ struct Options {
     memory: Option<i64>,
     pids: Option<i64>,
     exec: bool,
+    signal: Option<i32>,
+    seccomp: Option<String>,
+    user: Option<(u32, u32)>,
     command: Vec<String>,
 }
 
@@ -54,6 +60,9 @@ fn parse() -> anyhow::Result<Options> {
         memory: None,
         pids: None,
         exec: false,
+        signal: None,
+        seccomp: None,
+        user: None,
         command: Vec::new(),
     };
     while let Some(arg) = args.next() {
@@ -63,6 +72,13 @@ fn parse() -> anyhow::Result<Options> {
             "--exec" => options.exec = true,
             "--memory" => options.memory = Some(args.next().context("BYTES")?.parse()?),
             "--pids" => options.pids = Some(args.next().context("N")?.parse()?),
+            "--signal" => options.signal = Some(args.next().context("SIGNAL")?.parse()?),
+            "--seccomp" => options.seccomp = Some(args.next().context("FILE")?),
+            "--user" => {
+                let spec = args.next().context("UID:GID")?;
+                let (uid, gid) = spec.split_once(':').context("UID:GID")?;
+                options.user = Some((uid.parse()?, gid.parse()?));
+            }
             "--" => {
                 options.command = args.by_ref().collect();
             }
@@ -80,8 +96,19 @@ fn spec(options: &Options) -> anyhow::Result<Spec> {
     let mut process = spec.process().clone().context("default process")?;
     process.set_args(Some(options.command.clone()));
     process.set_terminal(Some(options.tty));
+    if let Some((uid, gid)) = options.user {
+        let mut user = process.user().clone();
+        user.set_uid(uid);
+        user.set_gid(gid);
+        process.set_user(user);
+    }
     spec.set_process(Some(process));
     spec.set_hostname(Some("husk-test".into()));
+    // The default spec has a read-only root; husk's upper layer is writable.
+    if let Some(mut root) = spec.root().clone() {
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+    }
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(memory) = options.memory {
         resources = resources.memory(LinuxMemoryBuilder::default().limit(memory).build()?);
@@ -96,6 +123,9 @@ fn spec(options: &Options) -> anyhow::Result<Spec> {
     linux.set_namespaces(default_linux.namespaces().clone());
     linux.set_masked_paths(default_linux.masked_paths().clone());
     linux.set_readonly_paths(default_linux.readonly_paths().clone());
+    if let Some(path) = &options.seccomp {
+        linux.set_seccomp(Some(serde_json::from_slice(&std::fs::read(path)?)?));
+    }
     spec.set_linux(Some(linux));
     Ok(spec)
 }
@@ -205,6 +235,9 @@ fn main() -> anyhow::Result<()> {
                 Response::Ok(Reply::Done) if !started => {
                     started = true;
                     eprintln!("[client] started");
+                    if let Some(signal) = options.signal {
+                        request(&mut writer, Request::Signal { process: INIT, signal })?;
+                    }
                     if options.exec && !exec_sent {
                         exec_sent = true;
                         let mut process = spec(&options)?.process().clone().context("process")?;

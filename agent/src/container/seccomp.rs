@@ -117,16 +117,22 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, SeccompError> 
         }
     }
 
+    other.retain(|(_, rules)| !rules.is_empty());
     let arch = TargetArch::x86_64;
     let mut programs = Vec::new();
     if default != SeccompAction::Allow {
+        // The filters after this one are installed with seccomp(2), so this
+        // one must let that call through. Filters only ever restrict, so
+        // the container gains nothing it could abuse.
+        if !other.is_empty() {
+            if let Some(number) = syscall_number("seccomp") {
+                main_rules.insert(number, Vec::new());
+            }
+        }
         let filter = SeccompFilter::new(main_rules, default, SeccompAction::Allow, arch)?;
         programs.push(BpfProgram::try_from(filter)?);
     }
     for (act, rules) in other {
-        if rules.is_empty() {
-            continue;
-        }
         let filter = SeccompFilter::new(rules, SeccompAction::Allow, act, arch)?;
         programs.push(BpfProgram::try_from(filter)?);
     }
@@ -166,9 +172,34 @@ fn condition(
 }
 
 /// Installs the programs in order (the calling thread, inherited on exec).
-pub fn install(programs: &[BpfProgram]) -> Result<(), seccompiler::Error> {
+///
+/// Not seccompiler's `apply_filter`: it always sets no_new_privs, and the
+/// spec decides that (`process.noNewPrivileges`); without it the caller
+/// needs CAP_SYS_ADMIN, which the container setup still has at this point.
+pub fn install(programs: &[BpfProgram]) -> std::io::Result<()> {
     for program in programs {
-        seccompiler::apply_filter(program)?;
+        let len = u16::try_from(program.len()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seccomp program too long")
+        })?;
+        let prog = libc::sock_fprog {
+            len,
+            // seccompiler's sock_filter is repr(C) with the kernel's layout,
+            // the same as libc's.
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at a live, correctly sized program; the
+        // kernel copies it during the call and keeps no pointer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }
