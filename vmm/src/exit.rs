@@ -21,6 +21,8 @@ pub enum VmExitReason {
     FailEntry { vcpu: u32, hardware_reason: u64 },
     /// A device backend failed in a way the guest cannot recover from.
     DeviceError { device: String, detail: String },
+    /// The VMM was asked to stop (SIGINT, SIGTERM, SIGHUP).
+    Terminated { signal: i32 },
     /// The VMM itself failed (an ioctl, a thread, a host resource).
     VmmError(String),
 }
@@ -30,6 +32,8 @@ impl VmExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
             VmExitReason::GuestShutdown => 0,
+            // The shell convention for "ended by signal N".
+            VmExitReason::Terminated { signal } => 128 + signal,
             _ => 1,
         }
     }
@@ -64,6 +68,7 @@ impl fmt::Display for VmExitReason {
                 )
             }
             VmExitReason::DeviceError { device, detail } => write!(f, "device {device}: {detail}"),
+            VmExitReason::Terminated { signal } => write!(f, "stopped by signal {signal}"),
             VmExitReason::VmmError(detail) => write!(f, "VMM error: {detail}"),
         }
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use husk_vmm::config::{BootSource, DiskConfig, NestedPvmWorkarounds, SerialOutput, VmConfig};
+use husk_vmm::exit::VmExitReason;
 use husk_vmm::vm::Vm;
 use tracing_subscriber::EnvFilter;
 
@@ -110,6 +111,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    // Blocked before any thread exists so every thread inherits the mask
+    // and only `forward_stop_signals` receives them.
+    let stop_signals = match block_stop_signals() {
+        Ok(set) => Some(set),
+        Err(e) => {
+            tracing::warn!("SIGINT/SIGTERM keep their default action: {e}");
+            None
+        }
+    };
+
     let config = args.into_config();
     let vm = match Vm::new(&config, process_start) {
         Ok(vm) => vm,
@@ -118,6 +129,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(set) = stop_signals {
+        forward_stop_signals(set, vm.exit_sender());
+    }
     let reason = vm.run();
     if reason.exit_code() == 0 {
         tracing::info!("{reason}");
@@ -125,5 +139,36 @@ fn main() -> ExitCode {
     } else {
         eprintln!("husk-vmm: {reason}");
         ExitCode::from(reason.exit_code().clamp(1, 255) as u8)
+    }
+}
+
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+    let set = vmm_sys_util::signal::create_sigset(&STOP_SIGNALS)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    // SAFETY: `set` is a valid, initialised signal set.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
+}
+
+/// Turns a stop signal into an exit reason, so the VM is stopped the same
+/// way as for any other reason (devices dropped, console socket removed).
+fn forward_stop_signals(set: libc::sigset_t, exit: husk_vmm::exit::ExitSender) {
+    let spawned = std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || loop {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` is initialised and `signal` is a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                let _ = exit.send(VmExitReason::Terminated { signal });
+                return;
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("stop signals not handled: {e}");
     }
 }

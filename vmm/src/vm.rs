@@ -164,6 +164,11 @@ impl Vm {
         })
     }
 
+    /// A sender for reasons found outside the VM (e.g. a stop signal).
+    pub fn exit_sender(&self) -> ExitSender {
+        self.exit_tx.clone()
+    }
+
     /// Runs the guest until the first exit reason, then stops all vCPUs.
     pub fn run(mut self) -> VmExitReason {
         let stop = Arc::new(AtomicBool::new(false));

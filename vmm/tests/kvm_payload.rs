@@ -212,6 +212,55 @@ fn undefined_instruction_is_a_triple_fault_and_a_failure() {
 }
 
 #[test]
+fn sigterm_stops_a_spinning_guest() {
+    if !kvm_usable() {
+        eprintln!("SKIPPED: /dev/kvm cannot be opened read-write");
+        return;
+    }
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(&[0xeb, 0xfe]).unwrap(); // jmp $ : never exits by itself
+    let mut child = Command::new(VMM)
+        .arg("--raw-payload")
+        .arg(file.path())
+        .args(["--mem-mib", "64"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the guest spins until told to stop"
+    );
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > TIMEOUT {
+            child.kill().unwrap();
+            panic!("husk-vmm ignored SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "stderr: {stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("husk-vmm: stopped by signal 15")
+    );
+}
+
+#[test]
 fn missing_payload_is_a_clear_config_error() {
     let out = run_vmm(Path::new("/nonexistent/payload.bin"), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
