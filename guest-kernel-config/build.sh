@@ -16,7 +16,7 @@
 set -euo pipefail
 
 # Bump when the build steps below change in a way that changes the output.
-readonly RECIPE_VERSION=1
+readonly RECIPE_VERSION=2
 readonly SOURCE_PACKAGE=linux-source-6.1
 readonly SOURCE_TARBALL=/usr/src/linux-source-6.1.tar.xz
 readonly KARCH=x86_64
@@ -24,8 +24,8 @@ readonly KARCH=x86_64
 readonly PVH_NOTE_TYPE=0x00000012
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-readonly fragment=$here/husk.config
-readonly patch_dir=$here/patches
+readonly fragment_source=$here/husk.config
+readonly patch_source_dir=$here/patches
 readonly cache_root=${HUSK_CACHE_DIR:-$HOME/.cache/husk}/kernel
 readonly jobs=${HUSK_KERNEL_JOBS:-$(nproc)}
 start_seconds=$SECONDS
@@ -91,30 +91,56 @@ verify_config() {
 }
 
 verify_vmlinux() {
-	local vmlinux=$1 header notes
-	header=$(readelf -h "$vmlinux") || die "$vmlinux is not an ELF file"
-	grep -q 'Class:[[:space:]]*ELF64' <<<"$header" || die "$vmlinux is not ELF64"
-	grep -q 'Machine:.*X86-64' <<<"$header" || die "$vmlinux is not x86-64"
-	notes=$(readelf -n "$vmlinux")
+	local image=$1 header notes
+	header=$(readelf -h "$image") || die "$image is not an ELF file"
+	grep -q 'Class:[[:space:]]*ELF64' <<<"$header" || die "$image is not ELF64"
+	grep -q 'Machine:.*X86-64' <<<"$header" || die "$image is not x86-64"
+	notes=$(readelf -n "$image")
 	# readelf prints the note as "Xen  0x00000008  Unknown note type: (0x00000012)".
 	grep -Eq "^[[:space:]]*Xen[[:space:]].*\\(${PVH_NOTE_TYPE}\\)" <<<"$notes" ||
-		die "$vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)"
+		die "$image has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)"
 }
+
+inputs=""
+work_dir=""
+make_pid=""
+cleanup() {
+	if [[ -n $make_pid ]]; then kill -- "-$make_pid" 2>/dev/null || true; fi
+	if [[ -n $inputs ]]; then rm -rf "$inputs"; fi
+	if [[ -n $work_dir ]]; then
+		if [[ ${HUSK_KERNEL_KEEP_WORK:-0} == 1 ]]; then
+			step "kept work dir $work_dir"
+		else
+			rm -rf "$work_dir"
+		fi
+	fi
+}
+trap cleanup EXIT
+# bash skips the EXIT trap when a signal kills it: turn signals into exits.
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
 
 # --- 1. prerequisites -------------------------------------------------------
 step "checking packages"
 ensure_packages "$SOURCE_PACKAGE" flex bison bc libelf-dev libssl-dev \
 	gcc make patch xz-utils binutils
 [[ -f $SOURCE_TARBALL ]] || die "$SOURCE_PACKAGE is installed but $SOURCE_TARBALL is missing"
-[[ -f $fragment ]] || die "missing $fragment"
+[[ -f $fragment_source ]] || die "missing $fragment_source"
 
 # --- 2. cache key ------------------------------------------------------------
+# Hash and build from one snapshot of the inputs, so that editing husk.config
+# or a patch during a build cannot put a kernel under the wrong key.
+inputs=$(mktemp -d "${TMPDIR:-/tmp}/husk-kernel-inputs.XXXXXX")
+cp "$fragment_source" "$inputs/husk.config"
+fragment=$inputs/husk.config
+mkdir "$inputs/patches"
+if [[ -d $patch_source_dir ]]; then
+	find "$patch_source_dir" -maxdepth 1 -name '*.patch' -exec cp -t "$inputs/patches" {} +
+fi
 source_version=$(dpkg-query -W -f='${Version}' "$SOURCE_PACKAGE")
 compiler_version=$(gcc -dumpfullversion)
 patches=()
-if [[ -d $patch_dir ]]; then
-	while IFS= read -r p; do patches+=("$p"); done < <(find "$patch_dir" -maxdepth 1 -name '*.patch' | LC_ALL=C sort)
-fi
+while IFS= read -r p; do patches+=("$p"); done < <(find "$inputs/patches" -maxdepth 1 -name '*.patch' | LC_ALL=C sort)
 key=$(
 	{
 		printf 'recipe %s\nsource %s %s\ngcc %s\narch %s\n' \
@@ -126,11 +152,11 @@ key=$(
 	} | sha256sum | cut -d' ' -f1
 )
 readonly result_dir=$cache_root/$key
-readonly vmlinux=$result_dir/vmlinux
+readonly cached_vmlinux=$result_dir/vmlinux
 
-if [[ -f $vmlinux ]]; then
+if [[ -f $cached_vmlinux ]]; then
 	step "cached: $result_dir"
-	echo "$vmlinux"
+	echo "$cached_vmlinux"
 	exit 0
 fi
 
@@ -141,32 +167,29 @@ if ! flock -n "$lock_fd"; then
 	step "another build of $key is running; waiting for it"
 	flock "$lock_fd"
 fi
-if [[ -f $vmlinux ]]; then
+if [[ -f $cached_vmlinux ]]; then
 	step "cached (built by a concurrent run): $result_dir"
-	echo "$vmlinux"
+	echo "$cached_vmlinux"
 	exit 0
 fi
 
 # --- 3. build in a private work dir on the cache's filesystem ----------------
+# We hold the key's lock, so any work dir of this key is left over from a run
+# that was killed.
+rm -rf "$cache_root/.build-$key".*
 work_dir=$(mktemp -d "$cache_root/.build-$key.XXXXXX")
 log=$cache_root/logs/build-$key-$(date -u +%Y%m%dT%H%M%SZ)-$$.log
-cleanup() {
-	if [[ ${HUSK_KERNEL_KEEP_WORK:-0} == 1 ]]; then
-		step "kept work dir $work_dir"
-	else
-		rm -rf "$work_dir"
-	fi
+
+fail_with_log() {
+	printf 'husk-kernel: command failed: %s\nhusk-kernel: log: %s (last 40 lines below)\n' "$*" "$log" >&2
+	tail -n 40 "$log" >&2
+	exit 1
 }
-trap cleanup EXIT
 
 # Runs a build command with output to the log; on failure shows the log's tail.
 run_logged() {
 	echo "+ $*" >>"$log"
-	if ! "$@" >>"$log" 2>&1; then
-		printf 'husk-kernel: command failed: %s\nhusk-kernel: log: %s (last 40 lines below)\n' "$*" "$log" >&2
-		tail -n 40 "$log" >&2
-		exit 1
-	fi
+	"$@" >>"$log" 2>&1 || fail_with_log "$@"
 }
 
 step "building key $key (source $source_version, ${#patches[@]} patch(es)); log: $log"
@@ -180,8 +203,9 @@ for p in ${patches[@]+"${patches[@]}"}; do
 	run_logged patch -p1 --forward --batch -d "$src" -i "$p"
 done
 
+make_args=(-C "$src" ARCH="$KARCH" KBUILD_BUILD_USER=husk KBUILD_BUILD_HOST=husk)
 make_kernel() {
-	run_logged make -C "$src" ARCH="$KARCH" KBUILD_BUILD_USER=husk KBUILD_BUILD_HOST=husk "$@"
+	run_logged make "${make_args[@]}" "$@"
 }
 
 step "configuring: tinyconfig + husk.config + olddefconfig"
@@ -191,7 +215,10 @@ make_kernel olddefconfig
 verify_config "$src/.config"
 
 step "compiling vmlinux with $jobs jobs (a few minutes)"
-make_kernel -j"$jobs" vmlinux &
+# In its own session so that an interrupted build can stop the whole make
+# tree (cleanup kills the process group), while we report progress.
+echo "+ make ${make_args[*]} -j$jobs vmlinux" >>"$log"
+setsid make "${make_args[@]}" -j"$jobs" vmlinux >>"$log" 2>&1 &
 make_pid=$!
 ticks=0
 while kill -0 "$make_pid" 2>/dev/null; do
@@ -201,7 +228,10 @@ while kill -0 "$make_pid" 2>/dev/null; do
 		step "compiling: $(grep -c '^  CC ' "$log" || true) files compiled so far"
 	fi
 done
-wait "$make_pid"
+make_status=0
+wait "$make_pid" || make_status=$?
+make_pid=""
+((make_status == 0)) || fail_with_log make -j"$jobs" vmlinux
 
 verify_vmlinux "$src/vmlinux"
 
@@ -214,8 +244,8 @@ cp "$src/System.map" "$stage/System.map"
 cp "$log" "$stage/build.log"
 if ! mv -T "$stage" "$result_dir" 2>/dev/null; then
 	# Only a finished build can be there (renames are atomic): use it.
-	[[ -f $vmlinux ]] || die "could not move the build into $result_dir"
+	[[ -f $cached_vmlinux ]] || die "could not move the build into $result_dir"
 fi
 rm -f "$log"
-step "done in $((SECONDS - start_seconds)) s: $(du -h "$vmlinux" | cut -f1) vmlinux"
-echo "$vmlinux"
+step "done in $((SECONDS - start_seconds)) s: $(du -h "$cached_vmlinux" | cut -f1) vmlinux"
+echo "$cached_vmlinux"

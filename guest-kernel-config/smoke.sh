@@ -7,13 +7,16 @@
 # with both disks on virtio-blk (the layer read-only, with serials) and a
 # virtio-console port on a Unix socket, and checks the serial log.
 #
-# Usage: smoke.sh [--kvm] [--nested-pvm] [--vmlinux PATH] [--timeout SECONDS]
+# Usage: smoke.sh [--kvm] [--nested-pvm] [--smp N] [--vmlinux PATH] [--timeout SECONDS]
 #   default        QEMU TCG; full check: every guest check passes and the VM
 #                  ends itself with `reboot -f` (reboot=k, the i8042 reset).
 #   --kvm          -accel kvm instead of TCG.
 #   --nested-pvm   add the nested-PVM kernel parameters (see README.md) and only
 #                  require "Run /init as init process": no guest userspace
-#                  runs under the kvm_pvm emulator.
+#                  runs under the kvm_pvm emulator. Implies --smp 1: secondary
+#                  vCPUs never come up there.
+#   --smp N        vCPUs (default 2).
+#   --extra PARAMS more kernel parameters (to try variants).
 # Needs: qemu-system-x86, busybox-static, erofs-utils, e2fsprogs, cpio, python3.
 # Prints timings; exit status 0 on success.
 set -euo pipefail
@@ -23,18 +26,23 @@ accel=tcg
 nested_pvm=0
 vmlinux=""
 timeout_s=""
+smp=""
+extra=""
 while (($#)); do
 	case $1 in
 	--kvm) accel=kvm ;;
 	--nested-pvm) nested_pvm=1 ;;
 	--vmlinux) vmlinux=$2; shift ;;
 	--timeout) timeout_s=$2; shift ;;
-	*) echo "usage: $0 [--kvm] [--nested-pvm] [--vmlinux PATH] [--timeout SECONDS]" >&2; exit 2 ;;
+	--smp) smp=$2; shift ;;
+	--extra) extra=$2; shift ;;
+	*) echo "usage: $0 [--kvm] [--nested-pvm] [--smp N] [--extra PARAMS] [--vmlinux PATH] [--timeout SECONDS]" >&2; exit 2 ;;
 	esac
 	shift
 done
 [[ -n $vmlinux ]] || vmlinux=$("$here/build.sh" | tail -n 1)
 [[ -n $timeout_s ]] || { ((nested_pvm)) && timeout_s=300 || timeout_s=120; }
+[[ -n $smp ]] || { ((nested_pvm)) && smp=1 || smp=2; }
 
 # Kernel command line every husk VM uses; keep in sync with README.md.
 cmdline="console=ttyS0 reboot=k panic=-1"
@@ -42,13 +50,14 @@ cmdline="console=ttyS0 reboot=k panic=-1"
 # emulate. Keep in sync with README.md.
 nested_pvm_params="noxsave noint3selftest clearcpuid=141,145,150,151,154,158,288,292,295,297,298,299,306,308,311,312,320,321,323,514,515,516,517,528,534,540,580,590"
 ((nested_pvm)) && cmdline+=" $nested_pvm_params"
+[[ -z $extra ]] || cmdline+=" $extra"
 
 work=$(mktemp -d /tmp/husk-smoke.XXXXXX)
 qemu_pid=""
 reader_pid=""
 cleanup() {
-	[[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null || true
-	[[ -n $reader_pid ]] && kill "$reader_pid" 2>/dev/null || true
+	if [[ -n $qemu_pid ]]; then kill "$qemu_pid" 2>/dev/null || true; fi
+	if [[ -n $reader_pid ]]; then kill "$reader_pid" 2>/dev/null || true; fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -71,6 +80,8 @@ check() { # check NAME COMMAND...
 	if "$@" >/tmp/out 2>&1; then echo "SMOKE ok $name"; else echo "SMOKE FAIL $name: $(cat /tmp/out)"; fails=$((fails + 1)); fi
 }
 echo "SMOKE uptime $(cut -d' ' -f1 /proc/uptime)"
+echo "SMOKE date $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+check wall_clock test "$(date -u +%Y)" -ge 2024
 for d in /sys/block/vd*; do
 	n=${d##*/}
 	echo "SMOKE disk $n sectors=$(cat $d/size) ro=$(cat $d/ro) serial=$(cat $d/serial 2>/dev/null)"
@@ -87,6 +98,7 @@ check seccomp_filter test -f /proc/sys/kernel/seccomp/actions_avail
 mkdir -p /mnt/layer /mnt/base /mnt/up /mnt/merged /mnt/scratch
 check erofs_mount mount -t erofs -o ro /dev/vda /mnt/layer
 check erofs_read grep -q 'from the layer' /mnt/layer/hello
+check erofs_big_file sh -c 'cd /mnt/layer && md5sum -c big.md5'
 mount -t tmpfs tmpfs /mnt/base
 mkdir -p /mnt/base/opaque /mnt/base/keep
 echo base >/mnt/base/gone
@@ -122,6 +134,8 @@ chmod +x "$root/init"
 layer=$work/layer
 mkdir -p "$layer/opaque"
 echo "from the layer" >"$layer/hello"
+head -c 3M /dev/urandom >"$layer/big"
+(cd "$layer" && md5sum big >big.md5)
 mknod "$layer/gone" c 0 0 # overlay whiteout
 python3 -c 'import os, sys; os.setxattr(sys.argv[1], "trusted.overlay.opaque", b"y")' "$layer/opaque"
 mkfs.erofs --quiet "$work/layer.erofs" "$layer" >/dev/null
@@ -156,10 +170,10 @@ reader_pid=$!
 
 # --- boot ------------------------------------------------------------------------
 log=$work/serial.log
-echo "smoke: accel=$accel cmdline: $cmdline" >&2
+echo "smoke: accel=$accel smp=$smp cmdline: $cmdline" >&2
 t0=$EPOCHREALTIME
 t_init=""
-timeout "$timeout_s" qemu-system-x86_64 -M microvm,acpi=off -accel "$accel" -cpu max -smp 2 -m 256 \
+timeout "$timeout_s" qemu-system-x86_64 -M microvm,acpi=off -accel "$accel" -cpu max -smp "$smp" -m 256 \
 	-nodefaults -no-user-config -nographic -serial stdio -no-reboot \
 	-kernel "$vmlinux" -initrd "$work/initramfs.cpio.gz" -append "$cmdline" \
 	-drive "file=$work/layer.erofs,if=none,id=d0,format=raw,readonly=on" \
@@ -171,7 +185,14 @@ timeout "$timeout_s" qemu-system-x86_64 -M microvm,acpi=off -accel "$accel" -cpu
 	</dev/null >"$work/qemu.out" 2>&1 &
 qemu_pid=$!
 # Follow the serial output as it arrives, to time "Run /init" from the host.
+kvm_error=0
 while kill -0 "$qemu_pid" 2>/dev/null; do
+	# QEMU pauses the VM on an emulation failure instead of exiting.
+	if grep -q 'KVM internal error' "$work/qemu.out"; then
+		kvm_error=1
+		kill "$qemu_pid" 2>/dev/null || true
+		break
+	fi
 	if [[ -z $t_init ]] && grep -q 'Run /init as init process' "$work/qemu.out"; then
 		t_init=$EPOCHREALTIME
 		if ((nested_pvm)); then
@@ -192,6 +213,9 @@ cp "$log" /tmp/husk-smoke-last-serial.log
 
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
 failures=()
+if ((kvm_error)); then
+	failures+=("KVM internal error: $(grep -m1 -A1 'KVM internal error' "$log" | tr '\n' ' '); $(grep -m1 -o 'RIP=[0-9a-f]*' "$log"); code: $(grep -m1 '^Code=' "$log")")
+fi
 [[ -n $t_init ]] || failures+=("never reached 'Run /init as init process'")
 if ((nested_pvm)); then
 	echo "smoke: Run /init after $( [[ -n $t_init ]] && elapsed "$t0" "$t_init" || echo never) s (host wall clock)" >&2
