@@ -3,7 +3,7 @@
 //! oci-spec default spec with the given command over layer disks, streams
 //! its output and exits with its status.
 //!
-//! `cargo run -p husk-agent --example client -- SOCKET LAYER_SERIAL[,SERIAL..] [--stdin] [--tty] [--memory BYTES] [--pids N] [--exec] [--signal N] [--seccomp FILE] [--user UID:GID] -- CMD [ARG..]`
+//! `cargo run -p husk-agent --example client -- SOCKET LAYER_SERIAL[,SERIAL..] [--stdin] [--tty] [--memory BYTES] [--pids N] [--exec] [--signal N] [--seccomp FILE] [--user UID:GID] [--scratch SERIAL] -- CMD [ARG..]`
 //!
 //! `--signal N` signals the init process right after start; `--seccomp
 //! FILE` sets linux.seccomp from an OCI JSON profile; `--user UID:GID`.
@@ -40,6 +40,7 @@ struct Options {
     signal: Option<i32>,
     seccomp: Option<String>,
     user: Option<(u32, u32)>,
+    scratch: Option<String>,
     command: Vec<String>,
 }
 
@@ -63,6 +64,7 @@ fn parse() -> anyhow::Result<Options> {
         signal: None,
         seccomp: None,
         user: None,
+        scratch: None,
         command: Vec::new(),
     };
     while let Some(arg) = args.next() {
@@ -73,6 +75,7 @@ fn parse() -> anyhow::Result<Options> {
             "--memory" => options.memory = Some(args.next().context("BYTES")?.parse()?),
             "--pids" => options.pids = Some(args.next().context("N")?.parse()?),
             "--signal" => options.signal = Some(args.next().context("SIGNAL")?.parse()?),
+            "--scratch" => options.scratch = Some(args.next().context("SERIAL")?),
             "--seccomp" => options.seccomp = Some(args.next().context("FILE")?),
             "--user" => {
                 let spec = args.next().context("UID:GID")?;
@@ -171,7 +174,10 @@ fn main() -> anyhow::Result<()> {
                 digest: format!("sha256:{serial}"),
             })
             .collect(),
-        scratch: None,
+        scratch: options
+            .scratch
+            .clone()
+            .map(|serial| husk_agent::protocol::ScratchDisk { serial }),
         stdin: options.stdin,
     };
     let mut pending_start = Some(request(
