@@ -242,7 +242,13 @@ fn main() -> anyhow::Result<()> {
                     started = true;
                     eprintln!("[client] started");
                     if let Some(signal) = options.signal {
-                        request(&mut writer, Request::Signal { process: INIT, signal })?;
+                        request(
+                            &mut writer,
+                            Request::Signal {
+                                process: INIT,
+                                signal,
+                            },
+                        )?;
                     }
                     if options.exec && !exec_sent {
                         exec_sent = true;

@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use husk_agent::protocol::{LayerDisk, ScratchDisk};
 
@@ -106,15 +106,46 @@ fn device_for(
         })
 }
 
-/// Mounts the layers and the upper, stacks them at `base/rootfs`.
+impl Rootfs {
+    /// Unmounts everything, top first (best effort: logs failures).
+    pub fn unmount(&self) {
+        unmount_all(&self.mounts);
+    }
+}
+
+fn unmount_all(mounts: &[PathBuf]) {
+    for mount in mounts.iter().rev() {
+        if let Err(err) = umount2(mount.as_path(), MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = %mount.display(), %err, "unmount failed");
+        }
+    }
+}
+
+/// Mounts the layers and the upper, stacks them at `base/rootfs`. On
+/// failure, whatever was mounted is unmounted again.
 pub fn assemble(
     base: &Path,
     layers: &[LayerDisk],
     scratch: Option<&ScratchDisk>,
 ) -> Result<Rootfs, StepError> {
+    let mut mounts = Vec::new();
+    match assemble_into(base, layers, scratch, &mut mounts) {
+        Ok(path) => Ok(Rootfs { path, mounts }),
+        Err(err) => {
+            unmount_all(&mounts);
+            Err(err)
+        }
+    }
+}
+
+fn assemble_into(
+    base: &Path,
+    layers: &[LayerDisk],
+    scratch: Option<&ScratchDisk>,
+    mounts: &mut Vec<PathBuf>,
+) -> Result<PathBuf, StepError> {
     let disks = discover_disks(Path::new("/sys/block"))
         .map_err(|err| StepError::new("list disks in /sys/block", err))?;
-    let mut mounts = Vec::new();
     let mut lowers = Vec::new();
     for (index, layer) in layers.iter().enumerate() {
         let device = device_for(&disks, &layer.serial, &format!("layer {}", layer.digest))?;
@@ -182,10 +213,7 @@ pub fn assemble(
     )
     .map_err(|err| StepError::new("mount overlay rootfs", err))?;
     mounts.push(rootfs.clone());
-    Ok(Rootfs {
-        path: rootfs,
-        mounts,
-    })
+    Ok(rootfs)
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use nix::mount::{umount2, MntFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::Signal;
@@ -226,7 +225,39 @@ impl Container {
 
         let base = Path::new(CONTAINERS_DIR).join(&request.container_id);
         let rootfs = rootfs::assemble(&base, &request.layers, request.scratch.as_ref())?;
+        let created = Self::create_in(request, process, &linux, flags, caps, filters, &rootfs);
+        match created {
+            Ok((init_pid, cgroup, pipes, stdio)) => Ok((
+                Self {
+                    id: request.container_id.clone(),
+                    init_pid,
+                    spec: spec.clone(),
+                    rootfs,
+                    cgroup,
+                    pending: Some(pipes),
+                },
+                stdio,
+            )),
+            Err(err) => {
+                // Leave nothing behind, so a corrected request can retry.
+                rootfs.unmount();
+                let _ = fs::remove_dir(Path::new(cgroups::CGROUP_ROOT).join(&request.container_id));
+                Err(err)
+            }
+        }
+    }
 
+    /// Everything after the rootfs: cgroup, stdio, the init process.
+    fn create_in(
+        request: &CreateContainer,
+        process: Process,
+        linux: &oci_spec::runtime::Linux,
+        flags: CloneFlags,
+        caps: capabilities::CapabilityPlan,
+        filters: Vec<seccompiler::BpfProgram>,
+        rootfs: &Rootfs,
+    ) -> Result<(Pid, PathBuf, ChildPipes, ParentStdio), StepError> {
+        let spec = &request.spec;
         let cgroup_root = Path::new(cgroups::CGROUP_ROOT);
         cgroups::enable_controllers(cgroup_root)
             .map_err(|err| StepError::new("enable cgroup controllers", err))?;
@@ -260,17 +291,7 @@ impl Container {
             seccomp: filters,
             caps,
         })?;
-        Ok((
-            Self {
-                id: request.container_id.clone(),
-                init_pid: pid,
-                spec: spec.clone(),
-                rootfs,
-                cgroup,
-                pending: Some(pipes),
-            },
-            parent_stdio,
-        ))
+        Ok((pid, cgroup, pipes, parent_stdio))
     }
 
     /// Lets the init process exec its command.
@@ -374,11 +395,7 @@ impl Container {
 
     /// Unmounts the rootfs and layers (best effort: the VM is going away).
     pub fn unmount(&self) {
-        for mount in self.rootfs.mounts.iter().rev() {
-            if let Err(err) = umount2(mount.as_path(), MntFlags::MNT_DETACH) {
-                tracing::warn!(mount = %mount.display(), %err, "unmount failed");
-            }
-        }
+        self.rootfs.unmount();
         let _ = fs::remove_dir(&self.cgroup);
         tracing::debug!(container = %self.id, "unmounted");
     }
