@@ -3,7 +3,8 @@
 //! and a virtio console bridged to a Unix socket, and the serial log shows
 //! the kernel found all of them and reached init.
 //!
-//! On a nested-PVM host (our dev machines) this takes about a minute and
+//! On a nested-PVM host (our dev machines) this takes one to three minutes
+//! (most of it emulated kernel init; less on an idle machine) and
 //! guest userspace dies at its first syscall, so the VM never powers off:
 //! the test stops at "Run /init" and kills the VMM. Needs HUSK_KERNEL and a
 //! usable /dev/kvm; skips with the reason otherwise.
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use husk_e2e::{bin, kernel, kvm_available, skip};
 
-/// Generous: about a minute here under emulation, seconds on real KVM.
+/// Generous: 1-3 minutes here under emulation (measured 160-190 s while
+/// a kernel build loaded both cores), seconds on real KVM.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const DISK_A_SECTORS: u64 = 16 * 2048; // 16 MiB
 const DISK_B_SECTORS: u64 = 3 * 2048; // 3 MiB
