@@ -19,7 +19,7 @@ use husk_e2e::{bin, kernel, kvm_available, skip};
 
 /// Generous: 1-3 minutes here under emulation (measured 160-190 s while
 /// a kernel build loaded both cores), seconds on real KVM.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const DISK_A_SECTORS: u64 = 16 * 2048; // 16 MiB
 const DISK_B_SECTORS: u64 = 3 * 2048; // 3 MiB
 
