@@ -147,7 +147,13 @@ pub fn create(
     }
     if let Some(resources) = resources {
         for (file, content) in resource_files(resources)? {
-            write_file(dir.join(file), &content)?;
+            let path = dir.join(&file);
+            // A kernel without swap support has no swap files: nothing to limit.
+            if file == "memory.swap.max" && !path.exists() && dir.join("memory.max").exists() {
+                tracing::debug!("no swap accounting in this kernel: {file} skipped");
+                continue;
+            }
+            write_file(path, &content)?;
         }
     }
     Ok(dir)
