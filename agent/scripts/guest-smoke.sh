@@ -79,7 +79,7 @@ check() { # NAME EXPECTED_STATUS EXPECTED_STDOUT_REGEX CLIENT_ARGS...
 	local name=$1 want_status=$2 want_out=$3 out status=0
 	shift 3
 	out=$(run_vm "$@") || status=$?
-	if [ "$status" = "$want_status" ] && printf '%s\n%s\n' "$out" "$(cat "$work/client.err")" | grep -Eq -- "$want_out"; then
+	if [ "$status" = "$want_status" ] && grep -Eq -- "$want_out" <<<"$(printf '%s\n%s' "$out" "$(cat "$work/client.err")")"; then
 		echo "ok   $name"
 	else
 		echo "FAIL $name: status $status (want $want_status), output:" >&2
