@@ -42,19 +42,34 @@ pub enum InitramfsError {
 /// Concurrent callers may both build; each writes a temporary file and
 /// renames it into place, so readers only ever see a whole archive.
 pub fn cached(store: &Path, agent: &Path) -> Result<PathBuf, InitramfsError> {
-    let agent_bytes = fs::read(agent).map_err(|source| InitramfsError::ReadAgent {
+    let read_err = |source| InitramfsError::ReadAgent {
         path: agent.to_path_buf(),
         source,
-    })?;
+    };
+    let dir = store.join("cache").join("initramfs");
+    // Hashing a multi-megabyte agent costs more than the rest of husk's
+    // own start-up: the file's identity (device, inode, size, mtime)
+    // remembers the hash of a binary that has not changed.
+    let stamp_path = dir
+        .join("by-stamp")
+        .join(agent_stamp(&fs::metadata(agent).map_err(read_err)?));
+    if let Ok(key) = fs::read_to_string(&stamp_path) {
+        let target = dir.join(format!("{}.cpio", key.trim()));
+        if key.trim().bytes().all(|b| b.is_ascii_hexdigit()) && target.is_file() {
+            tracing::debug!(path = %target.display(), "initramfs cache hit");
+            return Ok(target);
+        }
+    }
+    let agent_bytes = fs::read(agent).map_err(read_err)?;
     let mut hasher = Sha256::new();
     hasher.update(LAYOUT_VERSION.as_bytes());
     hasher.update([0]);
     hasher.update(&agent_bytes);
     let key = hex::encode(hasher.finalize());
-    let dir = store.join("cache").join("initramfs");
     let target = dir.join(format!("{key}.cpio"));
     if target.is_file() {
         tracing::debug!(path = %target.display(), "initramfs cache hit");
+        remember_stamp(&stamp_path, &key);
         return Ok(target);
     }
     let write_err = |path: &Path| {
@@ -80,7 +95,36 @@ pub fn cached(store: &Path, agent: &Path) -> Result<PathBuf, InitramfsError> {
         source: e.error,
     })?;
     tracing::info!(path = %target.display(), "built the guest initramfs");
+    remember_stamp(&stamp_path, &key);
     Ok(target)
+}
+
+fn agent_stamp(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}-{}-{}-{}.{:09}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    )
+}
+
+/// Best effort: a failure only means hashing again next time.
+fn remember_stamp(stamp_path: &Path, key: &str) {
+    let Some(dir) = stamp_path.parent() else {
+        return;
+    };
+    let written = fs::create_dir_all(dir)
+        .and_then(|_| tempfile::NamedTempFile::new_in(dir))
+        .and_then(|mut tmp| {
+            tmp.write_all(key.as_bytes())?;
+            tmp.persist(stamp_path).map(|_| ()).map_err(|e| e.error)
+        });
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "recording the agent's hash");
+    }
 }
 
 #[derive(Debug)]
@@ -234,22 +278,28 @@ mod tests {
         let stamp = fs::metadata(&first).unwrap().modified().unwrap();
         assert_eq!(cached(store.path(), &agent).unwrap(), first);
         assert_eq!(fs::metadata(&first).unwrap().modified().unwrap(), stamp);
-        fs::write(&agent, b"two").unwrap();
+        // A rebuilt agent (a new file, as cargo and install write it).
+        let rebuilt = store.path().join("agent.new");
+        fs::write(&rebuilt, b"two").unwrap();
+        fs::rename(&rebuilt, &agent).unwrap();
         let second = cached(store.path(), &agent).unwrap();
         assert_ne!(first, second);
-        assert_eq!(
-            entries(&fs::read(&second).unwrap())
-                .iter()
-                .find(|e| e.0 == "init")
-                .unwrap()
-                .2,
-            b"two"
-        );
+        let init = entries(&fs::read(&second).unwrap())
+            .into_iter()
+            .find(|e| e.0 == "init")
+            .unwrap();
+        assert_eq!(init.2, b"two");
         // Only whole archives in the cache directory, no temporaries.
-        let names: Vec<_> = fs::read_dir(store.path().join("cache/initramfs"))
+        let files: Vec<_> = fs::read_dir(store.path().join("cache/initramfs"))
             .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_file())
             .collect();
-        assert_eq!(names.len(), 2);
+        assert_eq!(files.len(), 2);
+        // A stamp pointing at an archive that is gone is not trusted.
+        fs::remove_file(&second).unwrap();
+        assert_eq!(cached(store.path(), &agent).unwrap(), second);
+        assert!(second.is_file());
     }
 
     #[test]
