@@ -5,6 +5,7 @@
 //!
 //! `cargo run -p husk-agent --example client -- SOCKET LAYER_SERIAL[,SERIAL..] [--stdin] [--tty] [--memory BYTES] [--pids N] [--exec] [--signal N] [--seccomp FILE] [--user UID:GID] [--scratch SERIAL] -- CMD [ARG..]`
 //!
+//! `--tty` also resizes the pty to 40x100 right after start.
 //! `--signal N` signals the init process right after start; `--seccomp
 //! FILE` sets linux.seccomp from an OCI JSON profile; `--user UID:GID`.
 //!
@@ -241,6 +242,14 @@ fn main() -> anyhow::Result<()> {
                 Response::Ok(Reply::Done) if !started => {
                     started = true;
                     eprintln!("[client] started");
+                    if options.tty {
+                        let resize = Request::ResizeTty {
+                            process: INIT,
+                            rows: 40,
+                            cols: 100,
+                        };
+                        request(&mut writer, resize)?;
+                    }
                     if let Some(signal) = options.signal {
                         request(
                             &mut writer,

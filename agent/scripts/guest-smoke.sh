@@ -29,7 +29,7 @@ client=$repo/target/debug/examples/client
 # out /etc/deleteme.
 mkdir -p "$work"/l0/{bin,etc,proc,sys,dev,tmp,root} "$work"/l1/etc
 cp "$(command -v busybox)" "$work/l0/bin/busybox"
-for applet in sh echo cat ls id hostname pwd true sleep head tr wc grep readlink mount tty; do
+for applet in sh echo cat ls id hostname pwd true sleep head tr wc grep readlink mount tty stty; do
 	ln -s busybox "$work/l0/bin/$applet"
 done
 echo lower >"$work/l0/etc/who"
@@ -100,6 +100,7 @@ check "memory limit kills (137)" 137 "signal: Some\(9\)" --memory 33554432 -- \
 check "pids limit" 2 "can't fork" --pids 4 -- sh -c 'for i in 1 2 3 4 5 6; do sleep 3 & done; wait'
 check "signal 9 (137)" 137 "signal: Some\(9\)" --signal 9 -- sleep 30
 check "tty" 0 "^/dev/(console|pts/[0-9]+)" --tty -- tty
+check "tty resize" 0 "^40 100" --tty -- sh -c 'sleep 1; stty size'
 check "exec joins the container" 0 "\[exec\] 2" --exec -- sh -c 'echo $$; sleep 2'
 check "command not found" 1 "exec nope: executable file not found" -- nope
 check "missing binary path" 1 "exec /bin/nope: No such file or directory" -- /bin/nope
