@@ -52,12 +52,29 @@ fn channel_path() -> PathBuf {
     PathBuf::from(DEFAULT_CHANNEL)
 }
 
+/// Opens the channel, waiting briefly for its device node: a driver that
+/// probes late would otherwise cost the whole VM.
+fn open_channel(path: &std::path::Path) -> std::io::Result<Channel> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Channel::open(path) {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::NotFound
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn serve(is_pid1: bool) -> anyhow::Result<()> {
     if is_pid1 {
         init::setup().context("guest setup")?;
     }
     let path = channel_path();
-    let channel = Channel::open(&path).with_context(|| format!("open {}", path.display()))?;
+    let channel = open_channel(&path).with_context(|| format!("open {}", path.display()))?;
     let mut server = Server::new(channel).context("signal setup")?;
     server.hello().context("send Hello")?;
     tracing::info!(channel = %path.display(), "agent ready");
