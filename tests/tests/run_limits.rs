@@ -126,7 +126,12 @@ fn ctrl_c_during_boot_stops_cleanly() {
         .command(&["busybox", "true"])
         .spawn()
         .expect("spawn husk");
-    std::thread::sleep(Duration::from_millis(700));
+    // The run directory appears just before the VM starts.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(env.run_dir()).map_or(true, |mut d| d.next().is_none()) {
+        assert!(Instant::now() < deadline, "no run directory appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = run_support::wait_with_timeout(child, Duration::from_secs(30), &["ctrl-c boot"]);
     // A very fast host may have finished already.
