@@ -69,12 +69,16 @@ fn env_workdir_user_and_hostname_are_applied() {
         "/opt/data",
         "-u",
         "1000:1000",
+        "--group-add",
+        "10",
+        "--group-add",
+        "20",
         "--hostname",
         "box1",
         "busybox",
         "sh",
         "-c",
-        "echo \"$GREETING\"; pwd; id -u; id -g; hostname; echo \"$PATH\"",
+        "echo \"$GREETING\"; pwd; id -u; id -g; id -G; hostname; echo \"$PATH\"",
     ]);
     assert_code(&out, 0);
     let stdout = text(&out.stdout);
@@ -86,6 +90,7 @@ fn env_workdir_user_and_hostname_are_applied() {
             "/opt/data",
             "1000",
             "1000",
+            "1000 10 20",
             "box1",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         ],

@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// Process limit of the container (cgroup pids.max).
     #[arg(long)]
     pub pids_limit: Option<i64>,
+    /// Add a supplementary group (numeric GID); repeatable.
+    #[arg(long = "group-add", value_name = "GID")]
+    pub group_add: Vec<u32>,
     /// Set an environment variable (K=V, or K to take husk's value).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -106,6 +109,7 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         memory_bytes: args.memory,
         cpus: args.cpus,
         pids_limit: args.pids_limit,
+        group_add: args.group_add,
     };
     let launch = Launch {
         image: args.image,

@@ -104,6 +104,8 @@ pub struct RunOptions {
     pub memory_bytes: Option<u64>,
     pub cpus: Option<f64>,
     pub pids_limit: Option<i64>,
+    /// `--group-add`: supplementary group IDs.
+    pub group_add: Vec<u32>,
 }
 
 /// The runtime spec for one container of `image` run with `opts`.
@@ -151,7 +153,13 @@ pub fn build(image: &ImageConfiguration, opts: &RunOptions) -> Result<Spec, Spec
         .args(args)
         .env(env)
         .cwd(cwd)
-        .user(UserBuilder::default().uid(uid).gid(gid).build()?)
+        .user({
+            let mut user = UserBuilder::default().uid(uid).gid(gid);
+            if !opts.group_add.is_empty() {
+                user = user.additional_gids(opts.group_add.clone());
+            }
+            user.build()?
+        })
         .capabilities(
             LinuxCapabilitiesBuilder::default()
                 .bounding(capabilities.clone())
@@ -551,11 +559,13 @@ mod tests {
         ));
         let o = RunOptions {
             user: Some("1000:1001".into()),
+            group_add: vec![10, 20],
             ..opts()
         };
         let spec = build(&image(&[], &["id"], &[], "", "0"), &o).unwrap();
         let user = spec.process().as_ref().unwrap().user();
         assert_eq!((user.uid(), user.gid()), (1000, 1001));
+        assert_eq!(user.additional_gids().as_deref(), Some(&[10, 20][..]));
         assert!(env_of(&spec).contains(&"HOME=/".to_string()));
     }
 
