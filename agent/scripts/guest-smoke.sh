@@ -29,7 +29,7 @@ client=$repo/target/debug/examples/client
 # out /etc/deleteme.
 mkdir -p "$work"/l0/{bin,etc,proc,sys,dev,tmp,root} "$work"/l1/etc
 cp "$(command -v busybox)" "$work/l0/bin/busybox"
-for applet in sh echo cat ls id hostname pwd true sleep head tr wc grep readlink mount tty stty; do
+for applet in sh echo cat ls id hostname pwd true sleep head tr wc grep readlink mount tty stty mkdir; do
 	ln -s busybox "$work/l0/bin/$applet"
 done
 echo lower >"$work/l0/etc/who"
@@ -41,6 +41,21 @@ mkfs.erofs --quiet --all-root "$work/l0.erofs" "$work/l0"
 mkfs.erofs --quiet --all-root "$work/l1.erofs" "$work/l1"
 truncate -s 64M "$work/scratch.ext4"
 mkfs.ext4 -q "$work/scratch.ext4"
+
+# Seccomp: an allow-list whose per-action rule (mkdir → EACCES) must beat
+# the default action (EPERM), and which blocks pipe(2) by default.
+cat >"$work/seccomp.json" <<'JSON'
+{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
+ {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13},
+ {"names":["read","write","open","openat","close","fstat","newfstatat","stat","lstat","mmap",
+  "munmap","mprotect","brk","rt_sigaction","rt_sigprocmask","rt_sigreturn","ioctl","execve",
+  "exit","exit_group","getpid","getppid","getuid","geteuid","getgid","getegid","arch_prctl",
+  "set_tid_address","uname","fcntl","dup2","dup3","wait4","clone","fork","vfork","prctl",
+  "capset","capget","setgroups","setresuid","setresgid","chdir","access","faccessat",
+  "faccessat2","readlink","getcwd","prlimit64","futex","set_robust_list","rseq","getrandom",
+  "poll","ppoll","lseek","writev","sigaltstack","statx","getdents64","umask","setsid","kill",
+  "getpgrp","setpgid","getpgid"],"action":"SCMP_ACT_ALLOW"}]}
+JSON
 
 mkdir -p "$work/initrd/dev"
 cp "$agent" "$work/initrd/init"
@@ -101,6 +116,9 @@ check "pids limit" 2 "can't fork" --pids 4 -- sh -c 'for i in 1 2 3 4 5 6; do sl
 check "signal 9 (137)" 137 "signal: Some\(9\)" --signal 9 -- sleep 30
 check "tty" 0 "^/dev/(console|pts/[0-9]+)" --tty -- tty
 check "tty resize" 0 "^40 100" --tty -- sh -c 'sleep 1; stty size'
+# mkdir gets the rule's EACCES; the pipe for $(...) the default EPERM (sh: 2).
+check "seccomp profile" 2 "/x': Permission denied" --seccomp "$work/seccomp.json" -- \
+	sh -c 'mkdir /x; x=$(echo y)'
 check "exec joins the container" 0 "\[exec\] 2" --exec -- sh -c 'echo $$; sleep 2'
 check "command not found" 1 "exec nope: executable file not found" -- nope
 check "missing binary path" 1 "exec /bin/nope: No such file or directory" -- /bin/nope

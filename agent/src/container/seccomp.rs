@@ -230,6 +230,34 @@ mod tests {
         assert!(programs.iter().all(|program| !program.is_empty()));
     }
 
+    fn matches_syscall(program: &BpfProgram, number: i64) -> bool {
+        // BPF_JMP | BPF_JEQ | BPF_K against the syscall number.
+        program
+            .iter()
+            .any(|insn| insn.code == 0x15 && i64::from(insn.k) == number)
+    }
+
+    #[test]
+    fn main_filter_lets_later_filters_install_only_when_there_are_any() {
+        let seccomp_nr = syscall_number("seccomp").unwrap();
+        let stacked = compile(&profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
+                 {"names":["read"],"action":"SCMP_ACT_ALLOW"},
+                 {"names":["clone3"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}"#,
+        ))
+        .unwrap();
+        assert!(matches_syscall(&stacked[0], seccomp_nr));
+        assert!(matches_syscall(&stacked[1], syscall_number("clone3").unwrap()));
+        let single = compile(&profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
+                 {"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(single.len(), 1);
+        assert!(!matches_syscall(&single[0], seccomp_nr));
+        assert!(matches_syscall(&single[0], 0));
+    }
+
     #[test]
     fn denylist_profile_has_no_main_filter() {
         let programs = compile(&profile(
