@@ -161,13 +161,12 @@ impl AgentClient {
                 .iter()
                 .position(|f| matches!(f, Frame::Response { id: got, .. } if *got == id))
             {
-                let Some(Frame::Response { response, .. }) = self.inbox.remove(pos) else {
-                    unreachable!("position() matched a Response");
-                };
-                return match response {
-                    Response::Ok(reply) => Ok(reply),
-                    Response::Error(err) => Err(AgentError::Agent(err)),
-                };
+                if let Some(Frame::Response { response, .. }) = self.inbox.remove(pos) {
+                    return match response {
+                        Response::Ok(reply) => Ok(reply),
+                        Response::Error(err) => Err(AgentError::Agent(err)),
+                    };
+                }
             }
             self.pump(vm, signals, deadline, timeout, what)?;
         }
