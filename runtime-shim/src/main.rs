@@ -8,10 +8,19 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "husk", version, about = "Containers, each in its own KVM microVM")]
+#[command(
+    name = "husk",
+    version,
+    about = "Containers, each in its own KVM microVM"
+)]
 pub struct Cli {
     /// Image store directory (layers, images, layer disks).
-    #[arg(long, global = true, env = "HUSK_STORE", default_value = "/var/lib/husk")]
+    #[arg(
+        long,
+        global = true,
+        env = "HUSK_STORE",
+        default_value = "/var/lib/husk"
+    )]
     pub store: PathBuf,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "warn")]

@@ -12,7 +12,9 @@ pub mod fixtures;
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("test binary has a parent directory");
-    deps.parent().expect("deps has a parent directory").to_path_buf()
+    deps.parent()
+        .expect("deps has a parent directory")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary (`husk`, `husk-vmm`), built by `cargo build`.
@@ -29,12 +31,18 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The guest kernel from `guest-kernel-config/build.sh`, via HUSK_KERNEL.
 pub fn kernel() -> Option<PathBuf> {
-    std::env::var_os("HUSK_KERNEL").map(PathBuf::from).filter(|p| p.exists())
+    std::env::var_os("HUSK_KERNEL")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
 }
 
 /// Whether /dev/kvm can be opened read-write.
 pub fn kvm_available() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
 }
 
 /// Skip the current test with a printed reason (only for missing host

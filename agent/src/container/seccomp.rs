@@ -247,7 +247,10 @@ mod tests {
         ))
         .unwrap();
         assert!(matches_syscall(&stacked[0], seccomp_nr));
-        assert!(matches_syscall(&stacked[1], syscall_number("clone3").unwrap()));
+        assert!(matches_syscall(
+            &stacked[1],
+            syscall_number("clone3").unwrap()
+        ));
         let single = compile(&profile(
             r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
                  {"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#,
