@@ -48,6 +48,16 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // Rust ignores SIGPIPE, so `husk image ls | head` would panic in println!.
+    // Listing commands die quietly like any Unix filter; `husk run` keeps
+    // SIGPIPE ignored because it must tear its VM down (it reports 141 itself).
+    if !matches!(cli.command, Command::Run(_)) {
+        // SAFETY: resetting a signal disposition to its default has no
+        // preconditions; no handler of ours is replaced.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Check(args) => cli::check::run(args),
         Command::Image(cmd) => cli::image::run(&cli.store, cmd),
