@@ -48,7 +48,7 @@ done
 cmdline="console=ttyS0 reboot=k panic=-1"
 # Parameters for the nested PVM hypervisor (kvm_pvm): hide what it cannot
 # emulate. Keep in sync with README.md.
-nested_pvm_params="noxsave noint3selftest clearcpuid=141,145,150,151,154,158,288,292,295,297,298,299,306,308,311,312,320,321,323,514,515,516,517,528,534,540,580,590"
+nested_pvm_params="noxsave noint3selftest tsc=nowatchdog clearcpuid=141,151,308"
 ((nested_pvm)) && cmdline+=" $nested_pvm_params"
 [[ -z $extra ]] || cmdline+=" $extra"
 
