@@ -27,6 +27,10 @@ pub const NESTED_PVM_KERNEL_PARAMS: &[&str] = &[
     // in alternative_instructions() skippable: PVM cannot emulate the
     // kernel-mode int3 it executes.
     INT3_SELFTEST_SKIP_PARAM,
+    // Without it the TSC watchdog marks the clock unstable soon after boot;
+    // the kernel thread that then exits runs `fwait`, which PVM cannot
+    // emulate (crashed 4 runs of 4, guest-kernel-config/README.md).
+    "tsc=nowatchdog",
     // Secondary vCPU bring-up (INIT/SIPI into the real-mode trampoline)
     // never completes under PVM: the boot hangs at "Booting SMP
     // configuration" (QEMU microvm -smp 2 hangs the same way). Extra vCPUs
@@ -47,6 +51,7 @@ mod tests {
             assert!(!p.contains(' '), "{p}");
         }
         assert!(NESTED_PVM_KERNEL_PARAMS.contains(&"noxsave"));
+        assert!(NESTED_PVM_KERNEL_PARAMS.contains(&"tsc=nowatchdog"));
         let clear = NESTED_PVM_KERNEL_PARAMS
             .iter()
             .find(|p| p.starts_with("clearcpuid="))
