@@ -170,7 +170,8 @@ mod tests {
 
     #[test]
     fn pagemap_read_errors_propagate() {
-        let result = resident_pages(&[0..PAGE_SIZE], |_, _| {
+        let one_page = 0..PAGE_SIZE;
+        let result = resident_pages(std::slice::from_ref(&one_page), |_, _| {
             Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
         });
         assert!(result.is_err());
