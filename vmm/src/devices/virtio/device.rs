@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use thiserror::Error;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -57,4 +57,72 @@ pub trait VirtioDevice: Send {
     /// keeping the backend (disk file, console socket) for the next
     /// activation.
     fn reset(&mut self);
+}
+
+/// The queues and their notification EventFds that `activate` received, as
+/// exactly `N` of each with every queue made ready by the driver: the checks
+/// every device does before it starts its worker.
+pub fn take_ready_queues<const N: usize>(
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+) -> Result<([Queue; N], [EventFd; N]), ActivateError> {
+    let got = queues.len();
+    let (Ok(queues), Ok(queue_events)) = (
+        <[Queue; N]>::try_from(queues),
+        <[EventFd; N]>::try_from(queue_events),
+    ) else {
+        return Err(ActivateError::QueueCount { expected: N, got });
+    };
+    if let Some(index) = queues.iter().position(|queue| !queue.ready()) {
+        return Err(ActivateError::QueueNotReady(index));
+    }
+    Ok((queues, queue_events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues(ready: &[bool]) -> (Vec<Queue>, Vec<EventFd>) {
+        let queues = ready
+            .iter()
+            .map(|&r| {
+                let mut queue = Queue::new(16).expect("valid queue size");
+                queue.set_ready(r);
+                queue
+            })
+            .collect();
+        let events = ready
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"))
+            .collect();
+        (queues, events)
+    }
+
+    #[test]
+    fn takes_exactly_n_ready_queues() {
+        let (q, e) = queues(&[true, true]);
+        assert!(take_ready_queues::<2>(q, e).is_ok());
+    }
+
+    #[test]
+    fn wrong_count_is_refused() {
+        let (q, e) = queues(&[true, true]);
+        assert!(matches!(
+            take_ready_queues::<1>(q, e),
+            Err(ActivateError::QueueCount {
+                expected: 1,
+                got: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn first_queue_not_ready_is_named() {
+        let (q, e) = queues(&[true, false]);
+        assert!(matches!(
+            take_ready_queues::<2>(q, e),
+            Err(ActivateError::QueueNotReady(1))
+        ));
+    }
 }

@@ -24,7 +24,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -34,6 +34,7 @@ pub use request::SECTOR_SIZE;
 use self::disk::Disk;
 use self::request::{MAX_SEGMENTS, MAX_SEGMENT_SIZE};
 use self::worker::BlockWorker;
+use super::device::take_ready_queues;
 use super::worker::Worker;
 use super::{read_config_space, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::exit::ExitSender;
@@ -243,16 +244,7 @@ impl VirtioDevice for Block {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let got = queues.len();
-        let (Ok([queue]), Ok([queue_evt])) = (
-            <[Queue; 1]>::try_from(queues),
-            <[EventFd; 1]>::try_from(queue_events),
-        ) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
+        let ([queue], [queue_evt]) = take_ready_queues::<1>(queues, queue_events)?;
         let disk = self.disk.take().ok_or(ActivateError::BackendGone)?;
         let worker = BlockWorker {
             label: self.label.clone(),

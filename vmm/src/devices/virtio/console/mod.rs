@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -25,6 +25,7 @@ pub use port::TX_BUFFER_LIMIT;
 
 use self::port::Port;
 use self::worker::ConsoleWorker;
+use super::device::take_ready_queues;
 use super::worker::Worker;
 use super::{read_config_space, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::exit::ExitSender;
@@ -32,8 +33,6 @@ use crate::exit::ExitSender;
 /// Size of each of the two queues.
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
-const RX_QUEUE: usize = 0;
-const TX_QUEUE: usize = 1;
 /// `struct virtio_console_config`: cols, rows, max_nr_ports, emerg_wr. Only
 /// read with features we do not offer (SIZE, MULTIPORT, EMERG_WRITE), so
 /// all zero.
@@ -188,19 +187,9 @@ impl VirtioDevice for Console {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let got = queues.len();
-        let (Ok([rx_queue, tx_queue]), Ok([rx_evt, tx_evt])) = (
-            <[Queue; 2]>::try_from(queues),
-            <[EventFd; 2]>::try_from(queue_events),
-        ) else {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
-        if !rx_queue.ready() {
-            return Err(ActivateError::QueueNotReady(RX_QUEUE));
-        }
-        if !tx_queue.ready() {
-            return Err(ActivateError::QueueNotReady(TX_QUEUE));
-        }
+        // Queue order is the spec's: receiveq (0), then transmitq (1).
+        let ([rx_queue, tx_queue], [rx_evt, tx_evt]) =
+            take_ready_queues::<2>(queues, queue_events)?;
         let port = self.port.take().ok_or(ActivateError::BackendGone)?;
         let worker = ConsoleWorker {
             label: self.label.clone(),
