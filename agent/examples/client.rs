@@ -173,6 +173,8 @@ fn main() -> anyhow::Result<()> {
             .map(|serial| LayerDisk {
                 serial: serial.clone(),
                 digest: format!("sha256:{serial}"),
+                offset: 0,
+                length: None,
             })
             .collect(),
         scratch: options

@@ -15,6 +15,7 @@ mod channel;
 mod container;
 mod error;
 mod init;
+mod loopdev;
 mod rootfs;
 mod server;
 

@@ -10,6 +10,18 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use husk_agent::protocol::{LayerDisk, ScratchDisk};
 
 use crate::error::StepError;
+use crate::loopdev;
+
+/// Where layer mount points go: short, so that 125 of them fit in overlay's
+/// one-page option string.
+const SHORT_LAYERS_ROOT: &str = "/run/l";
+
+/// A fresh `/run/l/<n>` for one container's layers.
+fn short_layers_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Path::new(SHORT_LAYERS_ROOT).join(n.to_string())
+}
 
 /// Linux limits mount data to one page (including the NUL).
 const MAX_MOUNT_DATA: usize = 4095;
@@ -146,15 +158,33 @@ fn assemble_into(
 ) -> Result<PathBuf, StepError> {
     let disks = discover_disks(Path::new("/sys/block"))
         .map_err(|err| StepError::new("list disks in /sys/block", err))?;
+    // Overlay's options must fit in one page: with up to 125 layers their
+    // mount points need short paths, so they go under /run/l/<n>/<index>
+    // rather than under the container's own directory.
+    let layers_dir = short_layers_dir();
     let mut lowers = Vec::new();
     for (index, layer) in layers.iter().enumerate() {
-        let device = device_for(&disks, &layer.serial, &format!("layer {}", layer.digest))?;
-        let target = base.join("layers").join(index.to_string());
-        let step = format!(
-            "mount layer {} ({})",
-            device.file_name().unwrap_or_default().to_string_lossy(),
-            layer.digest
-        );
+        let disk = device_for(&disks, &layer.serial, &format!("layer {}", layer.digest))?;
+        let disk_name = disk.file_name().unwrap_or_default().to_string_lossy();
+        let step = match layer.length {
+            None => format!("mount layer {disk_name} ({})", layer.digest),
+            Some(length) => format!(
+                "mount layer {disk_name}@{}+{length} ({})",
+                layer.offset, layer.digest
+            ),
+        };
+        let device = match layer.length {
+            None => disk.clone(),
+            Some(length) => {
+                let size = loopdev::block_device_size(Path::new("/sys/class/block"), &disk_name)
+                    .map_err(|err| StepError::new(&step, format!("size of {disk_name}: {err}")))?;
+                loopdev::check_range(layer.offset, length, size)
+                    .map_err(|err| StepError::new(&step, err))?;
+                loopdev::attach_read_only(&disk, layer.offset, length)
+                    .map_err(|err| StepError::new(&step, format!("loop device: {err}")))?
+            }
+        };
+        let target = layers_dir.join(index.to_string());
         mkdir(&target, &step)?;
         mount(
             Some(&device),
@@ -248,6 +278,17 @@ mod tests {
     #[test]
     fn overlay_rejects_no_layers_and_too_many() {
         assert!(overlay_options(&[], Path::new("/u"), Path::new("/w")).is_err());
+        // 125 layers (the most an image may have) fit with short paths.
+        let most: Vec<PathBuf> = (0..125)
+            .map(|i| short_layers_dir().join(i.to_string()))
+            .collect();
+        let data = overlay_options(
+            &most,
+            Path::new("/run/husk/containers/0123456789abcdef0123456789abcdef/scratch/upper"),
+            Path::new("/run/husk/containers/0123456789abcdef0123456789abcdef/scratch/work"),
+        )
+        .unwrap();
+        assert!(data.len() < 4095, "{}", data.len());
         let many: Vec<PathBuf> = (0..500)
             .map(|i| PathBuf::from(format!("/run/husk/containers/c/layers/{i}")))
             .collect();

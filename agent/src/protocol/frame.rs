@@ -395,8 +395,10 @@ mod tests {
                     init_process: 1,
                     spec,
                     layers: vec![LayerDisk {
-                        serial: "husk-l0".into(),
+                        serial: "husk-layers".into(),
                         digest: "sha256:00".into(),
+                        offset: 4096,
+                        length: Some(8192),
                     }],
                     scratch: Some(ScratchDisk {
                         serial: "husk-scratch".into(),

@@ -80,13 +80,23 @@ pub struct CreateContainer {
     pub stdin: bool,
 }
 
-/// A read-only erofs layer on a virtio-blk disk, found by its serial.
+/// A read-only erofs layer on a virtio-blk disk, found by its serial. The
+/// disk may hold the layer alone, or several layers one after the other
+/// (`offset` and `length` then say where this one is).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerDisk {
     /// virtio-blk serial (at most 20 bytes: the virtio limit).
     pub serial: String,
     /// The layer's digest, for error messages.
     pub digest: String,
+    /// Where the layer's erofs image starts on the disk, in bytes (a
+    /// multiple of 512).
+    #[serde(default)]
+    pub offset: u64,
+    /// The image's length in bytes (a multiple of 512) when the disk holds
+    /// more than this layer; `None`: the whole disk is the layer.
+    #[serde(default)]
+    pub length: Option<u64>,
 }
 
 /// A writable ext4 disk for the overlay upper and work dirs.

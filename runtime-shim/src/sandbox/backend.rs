@@ -35,13 +35,86 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// What a guest disk's content comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskImage {
+    /// One raw image file (scratch disks; no CLI flag offers one yet).
+    #[cfg_attr(not(test), allow(dead_code))]
+    File(PathBuf),
+    /// Read-only image files presented as ONE disk, one after the other
+    /// (each a non-zero multiple of 512 bytes): how an image's layers reach
+    /// the guest without a virtio device per layer. The backend writes its
+    /// own description of the list to `listing`, a path in the run
+    /// directory (husk-vmm: a list of files; QEMU: a VMDK descriptor with
+    /// flat extents).
+    Concat {
+        parts: Vec<PathBuf>,
+        listing: PathBuf,
+    },
+}
+
 /// A block device for the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
-    pub path: PathBuf,
+    pub image: DiskImage,
     pub read_only: bool,
-    /// virtio-blk serial: the guest finds its layer disks by this name.
+    /// virtio-blk serial: the guest finds its disks by this name (both
+    /// backends set it; at most 20 bytes of `[A-Za-z0-9_-]`).
     pub serial: String,
+}
+
+impl DiskConfig {
+    /// Refuses a serial the guest could not read back unchanged, or that a
+    /// backend's option syntax would split.
+    pub fn check_serial(&self) -> Result<(), BackendError> {
+        let ok = !self.serial.is_empty()
+            && self.serial.len() <= 20
+            && self
+                .serial
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(())
+        } else {
+            Err(BackendError::Config(format!(
+                "bad disk serial {:?} (1-20 characters of A-Z a-z 0-9 - _)",
+                self.serial
+            )))
+        }
+    }
+}
+
+/// The sizes of a concatenated disk's parts, checked: each a non-zero
+/// multiple of 512 bytes (the unit both backends address).
+pub fn concat_part_sizes(parts: &[PathBuf]) -> Result<Vec<u64>, BackendError> {
+    if parts.is_empty() {
+        return Err(BackendError::Config(
+            "a concatenated disk needs at least one part".into(),
+        ));
+    }
+    parts
+        .iter()
+        .map(|part| {
+            let len = std::fs::metadata(part)
+                .map_err(|e| BackendError::Config(format!("disk part {}: {e}", part.display())))?
+                .len();
+            if len == 0 || !len.is_multiple_of(512) {
+                return Err(BackendError::Config(format!(
+                    "disk part {} is {len} bytes, not a non-zero multiple of 512",
+                    part.display()
+                )));
+            }
+            Ok(len)
+        })
+        .collect()
+}
+
+/// Writes `text` to `path` (a listing in the run directory).
+pub(crate) fn write_listing(path: &Path, text: &str) -> Result<(), BackendError> {
+    std::fs::write(path, text).map_err(|source| BackendError::Log {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Everything a backend needs to start one VM.
@@ -85,11 +158,6 @@ pub enum BackendError {
 /// Starts VMs.
 pub trait VmBackend {
     fn kind(&self) -> BackendKind;
-    /// The serial the guest will see on the `index`th disk when the backend
-    /// names disks itself (then [`DiskConfig::serial`] is ignored).
-    fn fixed_disk_serial(&self, _index: usize) -> Option<String> {
-        None
-    }
     /// Start the VM; it runs until it powers off or the handle is dropped.
     fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError>;
 }

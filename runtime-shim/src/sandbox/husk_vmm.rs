@@ -1,16 +1,20 @@
 //! Our own VMM as a backend: spawns the `husk-vmm` binary, found through
-//! `HUSK_VMM` or next to the running `husk` binary. The VMM adds the
-//! kernel parameters a nested-PVM host needs itself.
+//! `HUSK_VMM` or next to the running `husk` binary. husk tells the VMM
+//! whether the host is nested PVM (from the probe it already ran), so the
+//! VMM adds the kernel parameters such a host needs without probing again.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use super::backend::{
-    base_cmdline, spawn_vm, BackendError, BackendKind, VmBackend, VmConfig, VmProcess,
+    base_cmdline, concat_part_sizes, spawn_vm, write_listing, BackendError, BackendKind, DiskImage,
+    VmBackend, VmConfig, VmProcess,
 };
 
 pub struct HuskVmmBackend {
     program: PathBuf,
+    /// What the host probe found; `None`: let the VMM probe for itself.
+    nested_pvm: Option<bool>,
 }
 
 impl HuskVmmBackend {
@@ -19,6 +23,7 @@ impl HuskVmmBackend {
         if let Some(path) = std::env::var_os("HUSK_VMM") {
             return Ok(HuskVmmBackend {
                 program: PathBuf::from(path),
+                nested_pvm: None,
             });
         }
         let beside = std::env::current_exe()
@@ -26,7 +31,10 @@ impl HuskVmmBackend {
             .and_then(|exe| exe.parent().map(|dir| dir.join("husk-vmm")))
             .filter(|p| p.is_file());
         match beside {
-            Some(program) => Ok(HuskVmmBackend { program }),
+            Some(program) => Ok(HuskVmmBackend {
+                program,
+                nested_pvm: None,
+            }),
             None => Err(BackendError::ProgramMissing {
                 program: "husk-vmm".into(),
                 hint: "set HUSK_VMM or install it next to the husk binary \
@@ -36,14 +44,24 @@ impl HuskVmmBackend {
         }
     }
 
+    /// Passes the probe's finding on: the VMM then adds (or leaves out) the
+    /// nested-PVM kernel parameters without a probe of its own.
+    pub fn with_nested_pvm(mut self, nested_pvm: bool) -> Self {
+        self.nested_pvm = Some(nested_pvm);
+        self
+    }
+
     #[cfg(test)]
     pub fn with_program(program: &std::path::Path) -> Self {
         HuskVmmBackend {
             program: program.to_path_buf(),
+            nested_pvm: None,
         }
     }
 
-    pub fn command(&self, config: &VmConfig) -> Command {
+    /// The command line for `config`; writes the list file of a
+    /// concatenated disk.
+    pub fn command(&self, config: &VmConfig) -> Result<Command, BackendError> {
         let mut cmd = Command::new(&self.program);
         let mut cmdline = base_cmdline();
         // husk-vmm ends the VM on the i8042 reset line.
@@ -55,17 +73,59 @@ impl HuskVmmBackend {
         cmd.arg("--vcpus").arg(config.vcpus.to_string());
         cmd.arg("--mem-mib").arg(config.memory_mib.to_string());
         for disk in &config.disks {
-            // husk-vmm names disks by --disk order (see fixed_disk_serial).
-            let mut spec = disk.path.clone().into_os_string();
+            disk.check_serial()?;
+            let mut spec = match &disk.image {
+                DiskImage::File(path) => vmm_path(path)?,
+                DiskImage::Concat { parts, listing } => {
+                    // Checked here so that a bad part is named before boot.
+                    concat_part_sizes(parts)?;
+                    let mut text = String::new();
+                    for part in parts {
+                        text.push_str(&vmm_path(part)?);
+                        text.push('\n');
+                    }
+                    write_listing(listing, &text)?;
+                    vmm_path(listing)?
+                }
+            };
             if disk.read_only {
-                spec.push(":ro");
+                spec.push_str(":ro");
             }
+            if matches!(disk.image, DiskImage::Concat { .. }) {
+                spec.push_str(",concat");
+            }
+            spec.push_str(",serial=");
+            spec.push_str(&disk.serial);
             cmd.arg("--disk").arg(spec);
+        }
+        match self.nested_pvm {
+            Some(true) => {
+                cmd.arg("--nested-pvm-workarounds");
+            }
+            Some(false) => {
+                cmd.arg("--no-nested-pvm-workarounds");
+            }
+            None => {}
         }
         cmd.arg("--console-socket").arg(&config.console_socket);
         cmd.arg("--serial-log").arg(&config.serial_log);
-        cmd
+        Ok(cmd)
     }
+}
+
+/// A path as husk-vmm's `--disk` syntax and list files take it: `:` and `,`
+/// separate options there and a newline separates list entries, so a path
+/// holding one is refused.
+fn vmm_path(path: &std::path::Path) -> Result<String, BackendError> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| BackendError::Config(format!("path is not UTF-8: {}", path.display())))?;
+    if text.contains([':', ',', '\n']) {
+        return Err(BackendError::Config(format!(
+            "husk-vmm cannot take a disk path with ':', ',' or a newline: {text:?}"
+        )));
+    }
+    Ok(text.to_string())
 }
 
 impl VmBackend for HuskVmmBackend {
@@ -73,13 +133,8 @@ impl VmBackend for HuskVmmBackend {
         BackendKind::HuskVmm
     }
 
-    /// husk-vmm gives each disk its guest name (vda, vdb, ...) as serial.
-    fn fixed_disk_serial(&self, index: usize) -> Option<String> {
-        Some(husk_vmm::devices::wiring::disk_name(index))
-    }
-
     fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError> {
-        spawn_vm(self.kind(), self.command(config), config)
+        spawn_vm(self.kind(), self.command(config)?, config)
     }
 }
 
@@ -88,19 +143,21 @@ mod tests {
     use super::*;
     use crate::sandbox::backend::DiskConfig;
 
-    #[test]
-    fn command_line_follows_the_vmm_flags() {
-        let config = VmConfig {
+    fn config(dir: &std::path::Path) -> VmConfig {
+        VmConfig {
             kernel: "/k".into(),
             initramfs: "/i".into(),
             disks: vec![
                 DiskConfig {
-                    path: "/l0".into(),
+                    image: DiskImage::Concat {
+                        parts: vec![dir.join("l0.erofs"), dir.join("l1.erofs")],
+                        listing: dir.join("layers.list"),
+                    },
                     read_only: true,
-                    serial: "husk-l0".into(),
+                    serial: "husk-layers".into(),
                 },
                 DiskConfig {
-                    path: "/s".into(),
+                    image: DiskImage::File("/s".into()),
                     read_only: false,
                     serial: "husk-scratch".into(),
                 },
@@ -111,19 +168,73 @@ mod tests {
             vcpus: 1,
             memory_mib: 300,
             cmdline_extra: vec!["x=y".into()],
-        };
-        let cmd =
-            HuskVmmBackend::with_program(std::path::Path::new("/bin/husk-vmm")).command(&config);
-        let args: Vec<String> = cmd
-            .get_args()
+        }
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
             .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn command_line_follows_the_vmm_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("l0.erofs"), [0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("l1.erofs"), [0u8; 1024]).unwrap();
+        let cmd = HuskVmmBackend::with_program(std::path::Path::new("/bin/husk-vmm"))
+            .with_nested_pvm(false)
+            .command(&config(dir.path()))
+            .unwrap();
+        let args = args(&cmd);
         let joined = args.join(" ");
         assert!(
             joined.starts_with("--kernel /k --initrd /i --cmdline console=ttyS0 "),
             "{joined}"
         );
         assert!(args.iter().any(|a| a.ends_with(" x=y")), "{joined}");
-        assert!(joined.contains("--vcpus 1 --mem-mib 300 --disk /l0:ro --disk /s --console-socket /r/c.sock --serial-log /r/serial.log"), "{joined}");
+        let listing = dir.path().join("layers.list");
+        assert!(joined.contains(&format!(
+            "--vcpus 1 --mem-mib 300 --disk {}:ro,concat,serial=husk-layers --disk /s,serial=husk-scratch --no-nested-pvm-workarounds --console-socket /r/c.sock --serial-log /r/serial.log",
+            listing.display()
+        )), "{joined}");
+        assert_eq!(
+            std::fs::read_to_string(&listing).unwrap(),
+            format!(
+                "{}\n{}\n",
+                dir.path().join("l0.erofs").display(),
+                dir.path().join("l1.erofs").display()
+            )
+        );
+    }
+
+    #[test]
+    fn probe_finding_is_passed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.disks.clear();
+        let vmm = || HuskVmmBackend::with_program(std::path::Path::new("/bin/husk-vmm"));
+        let with = args(&vmm().with_nested_pvm(true).command(&c).unwrap());
+        assert!(with.contains(&"--nested-pvm-workarounds".to_string()));
+        let unknown = args(&vmm().command(&c).unwrap()).join(" ");
+        assert!(!unknown.contains("nested-pvm"), "{unknown}");
+    }
+
+    #[test]
+    fn bad_parts_and_paths_are_refused_before_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("l0.erofs"), [0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("l1.erofs"), [0u8; 1000]).unwrap();
+        let vmm = HuskVmmBackend::with_program(std::path::Path::new("/bin/husk-vmm"));
+        let err = vmm.command(&config(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("l1.erofs") && err.contains("512"), "{err}");
+        let mut c = config(dir.path());
+        c.disks[1].image = DiskImage::File("/s:x".into());
+        c.disks.remove(0);
+        assert!(vmm.command(&c).is_err());
+        let mut c = config(dir.path());
+        c.disks.remove(0);
+        c.disks[0].serial = "far-too-long-a-serial-for-virtio".into();
+        assert!(vmm.command(&c).is_err());
     }
 }

@@ -10,12 +10,13 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk_agent::protocol::{CreateContainer, ErrorReply, LayerDisk, Reply, Request};
+use husk_agent::protocol::{CreateContainer, ErrorReply, Reply, Request};
 
 use super::agent_client::{AgentClient, AgentError};
 use super::assets::{self, AssetError};
-use super::backend::{BackendError, DiskConfig, VmConfig};
+use super::backend::{BackendError, VmConfig};
 use super::initramfs::{self, InitramfsError};
+use super::layers::{self, LayersError};
 use super::rundir::{RunDir, RunDirError};
 use super::select::{self, BackendChoice};
 use super::signals::{SignalError, SignalWatch};
@@ -46,12 +47,8 @@ pub enum LaunchError {
     Asset(#[from] AssetError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("layer {diff_id} of image {image}: its disk {} is missing; import the image again", disk.display())]
-    LayerDiskMissing {
-        image: String,
-        diff_id: String,
-        disk: PathBuf,
-    },
+    #[error(transparent)]
+    Layers(#[from] LayersError),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -68,8 +65,6 @@ pub enum LaunchError {
     Create(ErrorReply),
     #[error("setting the terminal to raw mode: {0}")]
     Terminal(nix::Error),
-    #[error("too many layers ({0}) for one VM")]
-    TooManyLayers(usize),
 }
 
 /// What the user asked for.
@@ -104,33 +99,6 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
 
     let store = Store::open(store_root)?;
     let image = store.resolve(&launch.image)?;
-    if image.layers.len() > 64 {
-        return Err(LaunchError::TooManyLayers(image.layers.len()));
-    }
-    let mut disks = Vec::with_capacity(image.layers.len());
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for (index, layer) in image.layers.iter().enumerate() {
-        if !layer.disk.is_file() {
-            return Err(LaunchError::LayerDiskMissing {
-                image: image.name.clone(),
-                diff_id: layer.diff_id.clone(),
-                disk: layer.disk.clone(),
-            });
-        }
-        let serial = selected
-            .backend
-            .fixed_disk_serial(index)
-            .unwrap_or_else(|| format!("husk-l{index}"));
-        disks.push(DiskConfig {
-            path: layer.disk.clone(),
-            read_only: true,
-            serial: serial.clone(),
-        });
-        layers.push(LayerDisk {
-            serial,
-            digest: layer.diff_id.clone(),
-        });
-    }
 
     let container_id = new_container_id();
     let mut options = launch.options;
@@ -158,10 +126,15 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
     RunDir::sweep_stale(store_root);
     let rundir = RunDir::create(store_root, &container_id)?;
     tracing::debug!(path = %rundir.path().display(), "run directory");
+    let (layers_disk, layers) = layers::pack(
+        &image.name,
+        &image.layers,
+        &rundir.path().join("layers.disk"),
+    )?;
     let config = VmConfig {
         kernel,
         initramfs,
-        disks,
+        disks: vec![layers_disk],
         console_socket: rundir.console_socket(),
         serial_log: rundir.serial_log(),
         vmm_log: rundir.vmm_log(),

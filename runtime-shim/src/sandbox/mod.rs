@@ -13,6 +13,7 @@ pub mod backend;
 pub mod husk_vmm;
 pub mod initramfs;
 pub mod launch;
+pub mod layers;
 pub mod qemu;
 pub mod rundir;
 pub mod select;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::backend::{
-    base_cmdline, spawn_vm, BackendError, BackendKind, VmBackend, VmConfig, VmProcess,
+    base_cmdline, concat_part_sizes, spawn_vm, write_listing, BackendError, BackendKind, DiskImage,
+    VmBackend, VmConfig, VmProcess,
 };
 
 pub struct QemuBackend {
@@ -75,19 +76,22 @@ impl QemuBackend {
             "virtconsole,chardev=agent",
         ]);
         for (index, disk) in config.disks.iter().enumerate() {
-            if disk.serial.is_empty()
-                || !disk
-                    .serial
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(BackendError::Config(format!(
-                    "bad disk serial {:?}",
-                    disk.serial
-                )));
-            }
+            disk.check_serial()?;
             let id = format!("disk{index}");
-            let mut drive = format!("file={},if=none,id={id},format=raw", qemu_path(&disk.path)?);
+            let mut drive = match &disk.image {
+                DiskImage::File(path) => {
+                    format!("file={},if=none,id={id},format=raw", qemu_path(path)?)
+                }
+                DiskImage::Concat { parts, listing } => {
+                    if !disk.read_only {
+                        return Err(BackendError::Config(
+                            "a concatenated disk must be read-only".into(),
+                        ));
+                    }
+                    write_listing(listing, &vmdk_descriptor(parts)?)?;
+                    format!("file={},if=none,id={id},format=vmdk", qemu_path(listing)?)
+                }
+            };
             if disk.read_only {
                 drive.push_str(",readonly=on");
             }
@@ -115,6 +119,28 @@ impl VmBackend for QemuBackend {
     }
 }
 
+/// A VMDK descriptor whose flat extents are `parts`, in order: QEMU's own
+/// way to present several raw files as one disk (it has no plain
+/// concatenation driver). Extents are counted in 512-byte sectors. The
+/// access word is RW because QEMU's reader takes no other for flat extents;
+/// the drive itself is opened read-only.
+fn vmdk_descriptor(parts: &[std::path::PathBuf]) -> Result<String, BackendError> {
+    let sizes = concat_part_sizes(parts)?;
+    let mut text = String::from(
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n# Extent description\n",
+    );
+    for (part, size) in parts.iter().zip(sizes) {
+        let path = qemu_path(part)?;
+        if path.contains(['"', '\n']) {
+            return Err(BackendError::Config(format!(
+                "QEMU cannot take a disk part path with a quote or newline: {path:?}"
+            )));
+        }
+        text.push_str(&format!("RW {} FLAT \"{path}\" 0\n", size / 512));
+    }
+    Ok(text)
+}
+
 /// A path as a QEMU option value. QEMU splits option strings at commas, so a
 /// path holding one would change the option's meaning: refuse it.
 fn qemu_path(path: &std::path::Path) -> Result<String, BackendError> {
@@ -140,12 +166,12 @@ mod tests {
             initramfs: "/c/init.cpio".into(),
             disks: vec![
                 DiskConfig {
-                    path: "/s/l0.erofs".into(),
+                    image: DiskImage::File("/s/l0.erofs".into()),
                     read_only: true,
                     serial: "layer0".into(),
                 },
                 DiskConfig {
-                    path: "/s/scratch".into(),
+                    image: DiskImage::File("/s/scratch".into()),
                     read_only: false,
                     serial: "scratch".into(),
                 },
@@ -224,9 +250,46 @@ mod tests {
     #[test]
     fn comma_in_a_path_is_refused() {
         let mut c = config();
-        c.disks[0].path = "/s/a,b".into();
+        c.disks[0].image = DiskImage::File("/s/a,b".into());
         let err = QemuBackend::new(Accel::Tcg).command(&c).unwrap_err();
         assert!(err.to_string().contains("comma"), "{err}");
+    }
+
+    #[test]
+    fn concatenated_layers_become_one_vmdk_drive() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = vec![dir.path().join("a.erofs"), dir.path().join("b.erofs")];
+        std::fs::write(&parts[0], [0u8; 4096]).unwrap();
+        std::fs::write(&parts[1], [0u8; 1536]).unwrap();
+        let listing = dir.path().join("layers.vmdk");
+        let mut c = config();
+        c.disks = vec![DiskConfig {
+            image: DiskImage::Concat {
+                parts: parts.clone(),
+                listing: listing.clone(),
+            },
+            read_only: true,
+            serial: "husk-layers".into(),
+        }];
+        let a = args(&QemuBackend::new(Accel::Tcg).command(&c).unwrap()).join(" ");
+        assert!(
+            a.contains(&format!(
+                "file={},if=none,id=disk0,format=vmdk,readonly=on -device virtio-blk-device,drive=disk0,serial=husk-layers",
+                listing.display()
+            )),
+            "{a}"
+        );
+        let text = std::fs::read_to_string(&listing).unwrap();
+        let extents: Vec<&str> = text.lines().filter(|l| l.starts_with("RW ")).collect();
+        assert_eq!(
+            extents,
+            vec![
+                format!("RW 8 FLAT \"{}\" 0", parts[0].display()),
+                format!("RW 3 FLAT \"{}\" 0", parts[1].display()),
+            ]
+        );
+        c.disks[0].read_only = false;
+        assert!(QemuBackend::new(Accel::Tcg).command(&c).is_err());
     }
 
     #[test]

@@ -28,25 +28,22 @@ pub struct Selected {
     pub reason: String,
 }
 
-/// Picks the backend for `choice`; `probe` is only called when the host
-/// verdict matters.
+/// Picks the backend for `choice` from what `probe` finds.
 pub fn select(
     choice: BackendChoice,
     probe: impl FnOnce() -> HostReport,
 ) -> Result<Selected, BackendError> {
-    let (plan, reason) = match choice {
-        BackendChoice::Husk => decide(choice, Verdict::Ready, None),
-        _ => {
-            let report = probe();
-            decide(
-                choice,
-                report.verdict,
-                report.reasons.first().map(String::as_str),
-            )
-        }
-    };
+    // One probe per run, also for --backend husk: husk-vmm is told what it
+    // found (nested PVM or not) instead of probing again with a throw-away
+    // VM of its own.
+    let report = probe();
+    let (plan, reason) = decide(
+        choice,
+        report.verdict,
+        report.reasons.first().map(String::as_str),
+    );
     let backend: Box<dyn VmBackend> = match plan {
-        Plan::HuskVmm => Box::new(HuskVmmBackend::locate()?),
+        Plan::HuskVmm => Box::new(HuskVmmBackend::locate()?.with_nested_pvm(report.nested_pvm)),
         Plan::Qemu(accel) => Box::new(QemuBackend::new(accel)),
     };
     Ok(Selected { backend, reason })

@@ -106,16 +106,17 @@ pub fn build(base: u64, cpus: u8) -> Result<Vec<u8>, MptableError> {
         .u8(IOAPIC_ENABLED)
         .u32(IOAPIC_ADDRESS as u32);
     count += 2;
-    // ISA IRQ n → IOAPIC pin n; pin 0 carries the PIC (ExtINT) like a PC.
+    // ISA IRQ n → IOAPIC pin n, every one of them a normal interrupt,
+    // IRQ 0 included: KVM's default GSI routing sends the in-kernel PIT
+    // (GSI 0) to IOAPIC pin 0. The legacy PIC reaches the CPUs through
+    // LINT0 (ExtINT, below), not through an IOAPIC pin. A table whose pin 0
+    // is ExtINT only leaves Linux without an IOAPIC pin for the timer, and
+    // on real KVM `setup_IO_APIC` then dereferences the missing pin's chip
+    // data and panics (nested PVM hid this).
     for pin in 0..IOAPIC_PINS {
-        let kind = if pin == 0 {
-            INT_TYPE_EXTINT
-        } else {
-            INT_TYPE_INT
-        };
         entries
             .u8(ENTRY_IO_INTERRUPT)
-            .u8(kind)
+            .u8(INT_TYPE_INT)
             .u16(INT_FLAGS_BUS_DEFAULT)
             .u8(ISA_BUS_ID)
             .u8(pin)
@@ -238,6 +239,12 @@ mod tests {
                 }
                 ENTRY_IO_INTERRUPT => {
                     assert_eq!(table[at + 5], table[at + 7], "ISA IRQ n goes to pin n");
+                    assert_eq!(
+                        table[at + 1],
+                        INT_TYPE_INT,
+                        "IRQ {} must be a normal interrupt (the timer needs pin 0)",
+                        table[at + 5]
+                    );
                     irq_pins.push(table[at + 7]);
                     at += 8;
                 }
