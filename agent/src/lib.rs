@@ -1,4 +1,5 @@
-//! husk-agent library: the host/guest protocol, the one definition both the
-//! agent (guest) and the runtime (host) compile.
+//! husk-agent library: re-exports the host/guest protocol (crate
+//! `husk-protocol`, under `agent/protocol/`) as `husk_agent::protocol` for
+//! the agent's binary, tests and examples.
 
-pub mod protocol;
+pub use husk_protocol as protocol;

@@ -1,4 +1,4 @@
-//! Host side of the agent channel (protocol in `husk_agent::protocol`).
+//! Host side of the agent channel (protocol in `husk_protocol`).
 //!
 //! The socket is non-blocking and every wait is a poll loop of at most
 //! [`TICK`] that also checks the VM process, a deadline and husk's own
@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk_agent::protocol::{
+use husk_protocol::{
     check_hello, encode_frame, ErrorReply, Event, Frame, FrameDecoder, Hello, ProtocolError, Reply,
     Request, RequestId, Response,
 };

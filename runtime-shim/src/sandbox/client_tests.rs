@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use husk_agent::protocol::{
+use husk_protocol::{
     ErrorReply, Event, ExitStatus, Frame, Reply, Request, Response, Stream, INITIAL_WINDOW,
 };
 
@@ -293,8 +293,8 @@ fn stdin_round_trip_respects_credit_both_ways() {
     let agent = fx.agent(move |mut s| {
         hello(&mut s);
         let mut reader = s.try_clone().unwrap();
-        let mut stdin_window = husk_agent::protocol::RecvWindow::new();
-        let mut stdout_credit = husk_agent::protocol::SendCredit::new();
+        let mut stdin_window = husk_protocol::RecvWindow::new();
+        let mut stdout_credit = husk_protocol::SendCredit::new();
         let mut pending: std::collections::VecDeque<u8> = Default::default();
         let mut stdin_done = false;
         let mut echoed = 0usize;
@@ -406,7 +406,7 @@ fn guest_overrunning_its_credit_is_cut_off() {
         hello(&mut s);
         // One frame larger than the whole window: no credit covers it.
         let data = vec![b'x'; INITIAL_WINDOW as usize + 1];
-        let _ = husk_agent::protocol::write_frame(
+        let _ = husk_protocol::write_frame(
             &mut s,
             &Frame::Data {
                 process: 1,

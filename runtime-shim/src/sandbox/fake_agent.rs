@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::thread::JoinHandle;
 
-use husk_agent::protocol::{read_frame, write_frame, Frame, Hello, PROTOCOL_VERSION};
+use husk_protocol::{read_frame, write_frame, Frame, Hello, PROTOCOL_VERSION};
 
 use super::backend::{spawn_vm, BackendKind, VmConfig, VmProcess};
 

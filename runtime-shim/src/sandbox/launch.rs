@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk_agent::protocol::{CreateContainer, ErrorReply, Reply, Request};
+use husk_protocol::{CreateContainer, ErrorReply, Reply, Request};
 
 use super::agent_client::{AgentClient, AgentError};
 use super::assets::{self, AssetError};

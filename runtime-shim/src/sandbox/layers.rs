@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_agent::protocol::LayerDisk;
+use husk_protocol::LayerDisk;
 
 use super::backend::{concat_part_sizes, DiskConfig, DiskImage};
 use crate::image::ResolvedLayer as Layer;

@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 
-use husk_agent::protocol::{
+use husk_protocol::{
     Event, ExitStatus, Frame, ProcessId, ProtocolError, RecvWindow, Request, Response, SendCredit,
     Stream,
 };
@@ -71,7 +71,7 @@ pub fn run(
     };
     let mut stdin_open = opts.forward_stdin;
     let mut stdin_credit = SendCredit::new();
-    let mut buf = vec![0u8; husk_agent::protocol::MAX_DATA_CHUNK];
+    let mut buf = vec![0u8; husk_protocol::MAX_DATA_CHUNK];
     let mut interrupts = 0u32;
     loop {
         while let Some(frame) = client.next_frame() {

@@ -378,14 +378,14 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::messages::*;
+    use crate::messages::*;
     use std::io::Cursor;
 
     fn sample_frames() -> Vec<Frame> {
         let spec = oci_spec::runtime::Spec::default();
         vec![
             Frame::Hello(Hello {
-                protocol_version: crate::protocol::PROTOCOL_VERSION,
+                protocol_version: crate::PROTOCOL_VERSION,
                 agent_version: "0.1.0".into(),
             }),
             Frame::Request {
@@ -617,7 +617,7 @@ mod tests {
         write_frame(
             &mut wire,
             &Frame::Hello(Hello {
-                protocol_version: crate::protocol::PROTOCOL_VERSION + 1,
+                protocol_version: crate::PROTOCOL_VERSION + 1,
                 agent_version: "9.9.9".into(),
             }),
         )

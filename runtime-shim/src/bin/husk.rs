@@ -1,10 +1,8 @@
-//! `husk`: containers in KVM microVMs.
-
-mod cli;
-mod image;
-mod sandbox;
+//! `husk`: containers in KVM microVMs. The CLI binary: clap parsing and
+//! exit codes; the work is in the `husk` library.
 
 use clap::{Parser, Subcommand};
+use husk::cli;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]

@@ -1,0 +1,7 @@
+//! husk: containers in KVM microVMs. The library behind the `husk` binary
+//! (and the containerd shim next): the image store, the sandboxes (one VM
+//! each) and the command groups of the CLI.
+
+pub mod cli;
+pub mod image;
+pub mod sandbox;
