@@ -40,37 +40,140 @@ pub enum ConfigError {
     InvalidMemory(u64),
     #[error("too many virtio devices: {0} requested, at most {VIRTIO_MMIO_MAX_DEVICES}")]
     TooManyDevices(usize),
-    #[error("disk spec {0:?}: expected PATH or PATH:ro")]
-    InvalidDiskSpec(String),
+    #[error("disk spec {spec:?}: {reason} (expected PATH[:ro][,serial=ID] or LISTFILE:ro,concat[,serial=ID])")]
+    InvalidDiskSpec { spec: String, reason: String },
+    #[error("disk serial {serial:?} {reason}: a serial is 1 to {MAX_DISK_SERIAL_LEN} characters from A-Z a-z 0-9 . _ -")]
+    InvalidDiskSerial { serial: String, reason: String },
+    #[error("disk serial {0:?} is given to more than one disk")]
+    DuplicateDiskSerial(String),
+    #[error("concatenated disk {0}: must be read-only (LISTFILE:ro,concat)")]
+    ConcatNotReadOnly(PathBuf),
     #[error("console socket directory {0} does not exist")]
     ConsoleSocketDir(PathBuf),
 }
 
-/// A virtio-blk disk backed by a raw host file.
+/// Longest disk serial: the virtio-blk GET_ID answer is 20 bytes.
+pub const MAX_DISK_SERIAL_LEN: usize = 20;
+
+/// A virtio-blk disk: a raw host file, or (`concat`) read-only image
+/// files presented back to back as one disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
+    /// The raw image; with `concat`, the list file naming the components.
     pub path: PathBuf,
     pub read_only: bool,
+    /// What the guest reads from /sys/block/vdX/serial (virtio-blk
+    /// GET_ID); `None` gives the guest's device name (vda, vdb, ...).
+    pub serial: Option<String>,
+    /// `path` is a text file naming component images, one absolute path
+    /// per line (blank lines ignored); the disk is their concatenation.
+    /// Each component is a non-zero multiple of 512 bytes; always read-only.
+    pub concat: bool,
+}
+
+impl DiskConfig {
+    /// A raw image with the default serial.
+    pub fn raw(path: impl Into<PathBuf>, read_only: bool) -> Self {
+        DiskConfig {
+            path: path.into(),
+            read_only,
+            serial: None,
+            concat: false,
+        }
+    }
 }
 
 impl FromStr for DiskConfig {
     type Err = ConfigError;
 
-    /// `PATH`, `PATH:ro` or `PATH:rw`: only a trailing `:ro`/`:rw` is a
+    /// `PATH[:ro|:rw][,OPTION]...` with the options `serial=ID` and
+    /// `concat` (which needs `:ro`). Options start at the first comma, so
+    /// PATH cannot contain one; only a trailing `:ro`/`:rw` before it is a
     /// flag, so paths containing colons elsewhere still work.
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (path, read_only) = match spec.strip_suffix(":ro") {
-            Some(path) => (path, true),
-            None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
+        let invalid = |reason: String| ConfigError::InvalidDiskSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        let (head, options) = match spec.split_once(',') {
+            Some((head, options)) => (head, Some(options)),
+            None => (spec, None),
+        };
+        let (path, read_only, rw_given) = match head.strip_suffix(":ro") {
+            Some(path) => (path, true, false),
+            None => match head.strip_suffix(":rw") {
+                Some(path) => (path, false, true),
+                None => (head, false, false),
+            },
         };
         if path.is_empty() {
-            return Err(ConfigError::InvalidDiskSpec(spec.to_string()));
+            return Err(invalid("the path is empty".into()));
         }
-        Ok(DiskConfig {
-            path: PathBuf::from(path),
-            read_only,
-        })
+        let mut disk = DiskConfig::raw(path, read_only);
+        for option in options.into_iter().flat_map(|o| o.split(',')) {
+            match option.split_once('=') {
+                Some(("serial", id)) => {
+                    if disk.serial.is_some() {
+                        return Err(invalid("serial= is given twice".into()));
+                    }
+                    validate_disk_serial(id)?;
+                    disk.serial = Some(id.to_string());
+                }
+                None if option == "concat" => {
+                    if disk.concat {
+                        return Err(invalid("concat is given twice".into()));
+                    }
+                    disk.concat = true;
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "unknown option {option:?}: the options are serial=ID and concat, \
+                         and neither PATH nor ID may contain a comma"
+                    )))
+                }
+            }
+        }
+        if disk.concat && !read_only {
+            let reason = if rw_given {
+                "concat disks are read-only; :rw is refused"
+            } else {
+                "concat disks are read-only: write LISTFILE:ro,concat"
+            };
+            return Err(invalid(reason.into()));
+        }
+        Ok(disk)
     }
+}
+
+/// Checks a disk serial: 1 to 20 bytes from `[A-Za-z0-9._-]`, so that it
+/// fits the GET_ID answer, reads back unchanged from sysfs and needs no
+/// quoting anywhere.
+pub fn validate_disk_serial(serial: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError::InvalidDiskSerial {
+        serial: serial.to_string(),
+        reason,
+    };
+    if serial.is_empty() {
+        return Err(invalid("is empty".into()));
+    }
+    if serial.len() > MAX_DISK_SERIAL_LEN {
+        return Err(invalid(format!(
+            "is {} bytes, longer than {MAX_DISK_SERIAL_LEN}",
+            serial.len()
+        )));
+    }
+    if let Some(c) = serial
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        let reason = match c {
+            '\0' => "contains a NUL byte".to_string(),
+            ',' => "contains a comma".to_string(),
+            c => format!("contains {c:?}"),
+        };
+        return Err(invalid(reason));
+    }
+    Ok(())
 }
 
 /// Where the 8250 serial output goes.
@@ -116,9 +219,25 @@ pub enum NestedPvmWorkarounds {
     /// Add them when the host probe reports nested PVM.
     #[default]
     Auto,
+    /// Never add them, and do not probe the host.
     Off,
-    /// Always add them (tests, or hosts the probe misjudges).
+    /// Always add them, and do not probe the host (husk has probed already,
+    /// or the probe misjudges this host).
     On,
+}
+
+impl NestedPvmWorkarounds {
+    /// Whether the parameters go on the command line. `probe` (which opens
+    /// /dev/kvm and creates a throw-away VM) runs only for `Auto`: husk
+    /// passes `On` or `Off` from its own probe, so the host is not probed
+    /// twice.
+    pub fn resolve(self, probe: impl FnOnce() -> bool) -> bool {
+        match self {
+            NestedPvmWorkarounds::On => true,
+            NestedPvmWorkarounds::Off => false,
+            NestedPvmWorkarounds::Auto => probe(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,8 +292,26 @@ impl VmConfig {
             }
             BootSource::RawPayload { path } => check_regular_file(path, "raw payload")?,
         }
-        for disk in &self.disks {
-            check_regular_file(&disk.path, "disk")?;
+        let mut serials = std::collections::HashSet::new();
+        for (index, disk) in self.disks.iter().enumerate() {
+            if let Some(serial) = &disk.serial {
+                validate_disk_serial(serial)?;
+            }
+            let serial = disk
+                .serial
+                .clone()
+                .unwrap_or_else(|| crate::devices::wiring::disk_name(index));
+            if !serials.insert(serial.clone()) {
+                return Err(ConfigError::DuplicateDiskSerial(serial));
+            }
+            if disk.concat {
+                if !disk.read_only {
+                    return Err(ConfigError::ConcatNotReadOnly(disk.path.clone()));
+                }
+                check_regular_file(&disk.path, "disk list")?;
+            } else {
+                check_regular_file(&disk.path, "disk")?;
+            }
         }
         if let Some(socket) = &self.console_socket {
             let dir = socket
@@ -257,27 +394,201 @@ mod tests {
     fn disk_specs_parse() {
         assert_eq!(
             "a.img".parse::<DiskConfig>().unwrap(),
-            DiskConfig {
-                path: "a.img".into(),
-                read_only: false
-            }
+            DiskConfig::raw("a.img", false)
         );
         assert_eq!(
             "/x/b.img:ro".parse::<DiskConfig>().unwrap(),
-            DiskConfig {
-                path: "/x/b.img".into(),
-                read_only: true
-            }
+            DiskConfig::raw("/x/b.img", true)
         );
         assert_eq!(
             "c:rw".parse::<DiskConfig>().unwrap(),
-            DiskConfig {
-                path: "c".into(),
-                read_only: false
-            }
+            DiskConfig::raw("c", false)
+        );
+        assert_eq!(
+            "/a:b/c.img".parse::<DiskConfig>().unwrap(),
+            DiskConfig::raw("/a:b/c.img", false),
+            "colons inside the path are kept"
         );
         assert!(":ro".parse::<DiskConfig>().is_err());
         assert!("".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn disk_specs_with_serial_and_concat_parse() {
+        let serial = |s: &str| Some(s.to_string());
+        assert_eq!(
+            "/d/data.img,serial=data-1".parse::<DiskConfig>().unwrap(),
+            DiskConfig {
+                serial: serial("data-1"),
+                ..DiskConfig::raw("/d/data.img", false)
+            }
+        );
+        assert_eq!(
+            "/d/layer.erofs:ro,serial=L_0.v2"
+                .parse::<DiskConfig>()
+                .unwrap(),
+            DiskConfig {
+                serial: serial("L_0.v2"),
+                ..DiskConfig::raw("/d/layer.erofs", true)
+            }
+        );
+        assert_eq!(
+            "/d/scratch:rw,serial=s".parse::<DiskConfig>().unwrap(),
+            DiskConfig {
+                serial: serial("s"),
+                ..DiskConfig::raw("/d/scratch", false)
+            }
+        );
+        let twenty = "A".repeat(MAX_DISK_SERIAL_LEN);
+        assert_eq!(
+            format!("x,serial={twenty}")
+                .parse::<DiskConfig>()
+                .unwrap()
+                .serial,
+            Some(twenty)
+        );
+        let concat = DiskConfig {
+            concat: true,
+            ..DiskConfig::raw("/run/img.layers", true)
+        };
+        assert_eq!(
+            "/run/img.layers:ro,concat".parse::<DiskConfig>().unwrap(),
+            concat
+        );
+        let with_serial = DiskConfig {
+            serial: serial("image-1"),
+            ..concat.clone()
+        };
+        assert_eq!(
+            "/run/img.layers:ro,concat,serial=image-1"
+                .parse::<DiskConfig>()
+                .unwrap(),
+            with_serial
+        );
+        assert_eq!(
+            "/run/img.layers:ro,serial=image-1,concat"
+                .parse::<DiskConfig>()
+                .unwrap(),
+            with_serial,
+            "options in any order"
+        );
+    }
+
+    /// Every bad spec is refused with a message that says what is wrong.
+    #[test]
+    fn bad_disk_specs_are_refused_clearly() {
+        let cases = [
+            ("a.img,serial=", "is empty"),
+            (
+                "a.img,serial=abcdefghijklmnopqrstu",
+                "21 bytes, longer than 20",
+            ),
+            ("a.img,serial=a b", "contains ' '"),
+            ("a.img,serial=a/b", "contains '/'"),
+            ("a.img,serial=caf\u{e9}", "contains '\u{e9}'"),
+            ("a.img,serial=a\0b", "contains a NUL byte"),
+            ("a.img,serial=a,b", "unknown option \"b\""),
+            ("a.img,serial=a,serial=b", "serial= is given twice"),
+            ("a.img,bogus", "unknown option \"bogus\""),
+            ("a.img,ro", "unknown option \"ro\""),
+            ("a.img:ro,", "unknown option \"\""),
+            (
+                "l.list,concat",
+                "concat disks are read-only: write LISTFILE:ro,concat",
+            ),
+            (
+                "l.list:rw,concat",
+                "concat disks are read-only; :rw is refused",
+            ),
+            ("l.list:ro,concat,concat", "concat is given twice"),
+            (",serial=x", "the path is empty"),
+            (":ro,concat", "the path is empty"),
+        ];
+        for (spec, expected) in cases {
+            let err = spec.parse::<DiskConfig>().unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(expected), "{spec:?}: {message}");
+        }
+        let err = "a.img,serial=a\0b".parse::<DiskConfig>().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InvalidDiskSerial { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("a serial is 1 to 20 characters from A-Z a-z 0-9 . _ -"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn serial_validation_accepts_exactly_the_charset() {
+        validate_disk_serial("AZaz09._-").unwrap();
+        validate_disk_serial(&"x".repeat(20)).unwrap();
+        assert!(validate_disk_serial(&"x".repeat(21)).is_err());
+        assert!(validate_disk_serial("").is_err());
+        for bad in [",", "\0", " ", "+", ":", "=", "\n", "\u{7f}", "\u{e9}"] {
+            assert!(validate_disk_serial(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn disks_are_validated_with_their_serials_and_kind() {
+        let k = file_with(&elf_header(2, 62));
+        let img = file_with(&[0u8; 512]);
+        let mut cfg = kernel_config(k.path());
+        cfg.disks = vec![
+            DiskConfig::raw(img.path(), false),
+            DiskConfig {
+                serial: Some("data".into()),
+                ..DiskConfig::raw(img.path(), true)
+            },
+        ];
+        cfg.validate().unwrap();
+
+        // The first disk's default serial is vda.
+        cfg.disks[1].serial = Some("vda".into());
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::DuplicateDiskSerial(s)) if s == "vda"
+        ));
+        cfg.disks[1].serial = Some("bad serial".into());
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::InvalidDiskSerial { .. })
+        ));
+
+        cfg.disks[1] = DiskConfig {
+            concat: true,
+            ..DiskConfig::raw(img.path(), false)
+        };
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::ConcatNotReadOnly(_))
+        ));
+        cfg.disks[1].read_only = true;
+        cfg.validate().unwrap();
+        cfg.disks[1].path = "/nonexistent/layers.list".into();
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("disk list /nonexistent/layers.list"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nested_pvm_flags_decide_without_probing() {
+        let never = || -> bool { panic!("the host must not be probed") };
+        assert!(NestedPvmWorkarounds::On.resolve(never));
+        assert!(!NestedPvmWorkarounds::Off.resolve(never));
+        let mut probed = 0;
+        let answer = NestedPvmWorkarounds::Auto.resolve(|| {
+            probed += 1;
+            true
+        });
+        assert!(answer);
+        assert_eq!(probed, 1, "Auto probes once");
     }
 
     #[test]
@@ -323,10 +634,8 @@ mod tests {
 
         let k = file_with(&elf_header(2, 62));
         let mut cfg = kernel_config(k.path());
-        cfg.disks.push(DiskConfig {
-            path: "/nonexistent/disk.img".into(),
-            read_only: true,
-        });
+        cfg.disks
+            .push(DiskConfig::raw("/nonexistent/disk.img", true));
         let err = cfg.validate().unwrap_err();
         assert!(
             err.to_string().starts_with("disk /nonexistent/disk.img"),
@@ -346,13 +655,7 @@ mod tests {
         cfg.mem_mib = 8;
         assert!(matches!(cfg.validate(), Err(ConfigError::InvalidMemory(8))));
         cfg.mem_mib = 512;
-        cfg.disks = vec![
-            DiskConfig {
-                path: k.path().into(),
-                read_only: false
-            };
-            20
-        ];
+        cfg.disks = vec![DiskConfig::raw(k.path(), false); 20];
         assert!(matches!(
             cfg.validate(),
             Err(ConfigError::TooManyDevices(20))

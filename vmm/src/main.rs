@@ -39,8 +39,21 @@ struct Args {
     vcpus: u8,
     #[arg(long, default_value_t = 256)]
     mem_mib: u64,
-    /// Raw disk image as virtio-blk, `:ro` for read-only; repeatable (vda, vdb, ...).
-    #[arg(long = "disk", value_name = "PATH[:ro]")]
+    /// A virtio-blk disk; repeatable, in guest order (vda, vdb, ...).
+    ///
+    /// PATH[:ro][,serial=ID]: a raw image file, read-only with `:ro`.
+    ///
+    /// LISTFILE:ro,concat[,serial=ID]: ONE read-only disk that is the
+    /// concatenation of the image files LISTFILE names, one absolute path
+    /// per line (blank lines ignored), at most 4096; each must be a
+    /// non-zero multiple of 512 bytes. All are opened (and sized) at start,
+    /// so they may be unlinked afterwards. `concat` requires `:ro`.
+    ///
+    /// serial=ID: what the guest reads from /sys/block/vdX/serial, 1 to 20
+    /// characters from A-Z a-z 0-9 . _ - (default: the device name, vda,
+    /// vdb, ...); no two disks may share one. PATH and ID cannot contain a
+    /// comma.
+    #[arg(long = "disk", value_name = "PATH[:ro][,serial=ID]")]
     disks: Vec<DiskConfig>,
     /// Unix socket (created, listening) bridged to the virtio console port.
     #[arg(long)]
@@ -48,10 +61,17 @@ struct Args {
     /// Where serial output goes: a file, or `-` for stdout.
     #[arg(long, default_value = "-")]
     serial_log: SerialOutput,
-    /// Never add the nested-PVM kernel parameters, even on a nested-PVM host.
+    /// Never add the nested-PVM kernel parameters; the host is not probed.
+    ///
+    /// husk probes the host itself and always passes this flag or
+    /// --nested-pvm-workarounds: with either, husk-vmm does not probe
+    /// (no second /dev/kvm open, no throw-away VM). With neither, it probes
+    /// before booting a kernel and adds the parameters on a nested-PVM host.
     #[arg(long, conflicts_with = "nested_pvm_workarounds")]
     no_nested_pvm_workarounds: bool,
-    /// Always add the nested-PVM kernel parameters, whatever the probe says.
+    /// Always add the nested-PVM kernel parameters; the host is not probed.
+    ///
+    /// See --no-nested-pvm-workarounds.
     #[arg(long)]
     nested_pvm_workarounds: bool,
     /// Run raw 32-bit code loaded at 1 MiB instead of a kernel (VMM tests).

@@ -27,7 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, BootEntry, BootError};
-use crate::config::{BootSource, ConfigError, NestedPvmWorkarounds, SerialOutput, VmConfig};
+use crate::config::{BootSource, ConfigError, SerialOutput, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{
@@ -270,7 +270,7 @@ fn load_boot_source(
             initrd,
             cmdline,
         } => {
-            let nested = nested_pvm_workarounds(config.nested_pvm_workarounds);
+            let nested = config.nested_pvm_workarounds.resolve(probe_for_nested_pvm);
             if nested && config.vcpus > 1 {
                 tracing::warn!(
                     vcpus = config.vcpus,
@@ -337,18 +337,18 @@ fn serial_sink(output: &SerialOutput, panicked: &Arc<AtomicBool>) -> Result<Seri
     Ok(Box::new(PanicWatch::new(sink, panicked.clone())))
 }
 
-fn nested_pvm_workarounds(setting: NestedPvmWorkarounds) -> bool {
-    match setting {
-        NestedPvmWorkarounds::On => true,
-        NestedPvmWorkarounds::Off => false,
-        NestedPvmWorkarounds::Auto => {
-            let nested = crate::probe::probe_host().nested_pvm;
-            if nested {
-                tracing::info!("host KVM is nested PVM: adding the kernel parameters that hide what it cannot emulate");
-            }
-            nested
-        }
+/// The VMM's own host probe, for `NestedPvmWorkarounds::Auto` only (see
+/// `NestedPvmWorkarounds::resolve`): it opens /dev/kvm again and creates a
+/// throw-away VM, which husk avoids by passing its own answer.
+fn probe_for_nested_pvm() -> bool {
+    tracing::debug!("probing the host for nested PVM");
+    let nested = crate::probe::probe_host().nested_pvm;
+    if nested {
+        tracing::info!(
+            "host KVM is nested PVM: adding the kernel parameters that hide what it cannot emulate"
+        );
     }
+    nested
 }
 
 fn create_vcpu(

@@ -87,20 +87,24 @@ pub fn attach(
     Ok(attached)
 }
 
-/// A virtio-blk device over the disk's raw file; its serial (GET_ID) is
-/// the guest name.
+/// A virtio-blk device over the disk's raw file, or over the component
+/// images its list names (`concat`). Its serial (GET_ID, what the guest
+/// reads from /sys/block/vdX/serial) is `serial=` or else the guest name.
 fn make_block(
     disk: &DiskConfig,
     name: &str,
     exit: &ExitSender,
 ) -> Result<BoxedDevice, VirtioError> {
-    let block =
-        Block::new(&disk.path, disk.read_only, name.to_string(), exit.clone()).map_err(|e| {
-            VirtioError::Device {
-                device: name.into(),
-                detail: e.to_string(),
-            }
-        })?;
+    let serial = disk.serial.clone().unwrap_or_else(|| name.to_string());
+    let block = if disk.concat {
+        Block::concat(&disk.path, serial, exit.clone())
+    } else {
+        Block::new(&disk.path, disk.read_only, serial, exit.clone())
+    }
+    .map_err(|e| VirtioError::Device {
+        device: name.into(),
+        detail: e.to_string(),
+    })?;
     Ok(Box::new(block))
 }
 

@@ -1,4 +1,7 @@
-//! The backing file of a virtio-blk device and the I/O for a parsed request.
+//! The backing of a virtio-blk device and the I/O for a parsed request.
+//! Two backings: one raw image file (read and written in place with
+//! pread/pwrite), and read-only component images back to back
+//! (`concat`), read with pread on each component a request touches.
 
 use std::fs::File;
 use std::io;
@@ -13,15 +16,25 @@ use vm_memory::{
     WriteVolatile,
 };
 
+use super::concat::ConcatImage;
 use super::request::{Request, RequestKind, SECTOR_SIZE};
 
 /// Length of the GET_ID answer.
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 
-/// A raw disk image: the file, its size in sectors, and what the guest may do.
+/// Where a disk's bytes live.
+#[derive(Debug)]
+pub enum Backing {
+    /// One raw image file.
+    File(File),
+    /// Read-only images back to back; never written.
+    Concat(ConcatImage),
+}
+
+/// A disk: its backing, its size in sectors, and what the guest may do.
 #[derive(Debug)]
 pub struct Disk {
-    file: File,
+    backing: Backing,
     capacity_sectors: u64,
     read_only: bool,
     id: [u8; ID_BYTES],
@@ -45,9 +58,16 @@ impl Completion {
 }
 
 impl Disk {
-    pub fn new(file: File, capacity_sectors: u64, read_only: bool, id: [u8; ID_BYTES]) -> Self {
+    /// A concatenated backing is always read-only, whatever `read_only` says.
+    pub fn new(
+        backing: Backing,
+        capacity_sectors: u64,
+        read_only: bool,
+        id: [u8; ID_BYTES],
+    ) -> Self {
+        let read_only = read_only || matches!(backing, Backing::Concat(_));
         Self {
-            file,
+            backing,
             capacity_sectors,
             read_only,
             id,
@@ -85,7 +105,7 @@ impl Disk {
             }
             RequestKind::Out => self.write(request, mem).map(|()| 0),
             RequestKind::Flush if self.read_only => Ok(0),
-            RequestKind::Flush => self.file.sync_data().map(|()| 0),
+            RequestKind::Flush => self.flush().map(|()| 0),
             RequestKind::GetId => self.write_id(request, mem),
             RequestKind::Unsupported(request_type) => {
                 tracing::debug!(request_type, "unsupported virtio-blk request type");
@@ -119,21 +139,30 @@ impl Disk {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "sector overflows"))
     }
 
+    /// Fills the request's segments in order from the disk, starting at
+    /// its sector. The range was checked against the capacity; a backing
+    /// file that shrank since it was opened makes this a short read, an error.
     fn read<M: GuestMemory>(&self, request: &Request, mem: &M) -> io::Result<()> {
-        let mut source = FileAt {
-            file: &self.file,
-            offset: Self::byte_offset(request.sector)?,
-        };
-        for segment in &request.segments {
-            mem.read_exact_volatile_from(segment.addr, &mut source, segment.len as usize)
-                .map_err(io::Error::other)?;
+        let offset = Self::byte_offset(request.sector)?;
+        match &self.backing {
+            Backing::File(file) => read_segments(request, mem, &mut FileAt { file, offset }),
+            Backing::Concat(image) => read_segments(request, mem, &mut ConcatAt { image, offset }),
         }
-        Ok(())
     }
 
     fn write<M: GuestMemory>(&self, request: &Request, mem: &M) -> io::Result<()> {
+        let file = match &self.backing {
+            Backing::File(file) => file,
+            // `execute` refuses writes to read-only disks before this.
+            Backing::Concat(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "a concatenated disk is read-only",
+                ))
+            }
+        };
         let mut sink = FileAt {
-            file: &self.file,
+            file,
             offset: Self::byte_offset(request.sector)?,
         };
         for segment in &request.segments {
@@ -141,6 +170,13 @@ impl Disk {
                 .map_err(io::Error::other)?;
         }
         Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        match &self.backing {
+            Backing::File(file) => file.sync_data(),
+            Backing::Concat(_) => Ok(()),
+        }
     }
 
     /// GET_ID: the ID, NUL-padded to 20 bytes, cut to the guest's buffers.
@@ -159,6 +195,19 @@ impl Disk {
         }
         Ok(written)
     }
+}
+
+/// Reads every segment of `request` from `source`, which advances.
+fn read_segments<M: GuestMemory, R: ReadVolatile>(
+    request: &Request,
+    mem: &M,
+    source: &mut R,
+) -> io::Result<()> {
+    for segment in &request.segments {
+        mem.read_exact_volatile_from(segment.addr, source, segment.len as usize)
+            .map_err(io::Error::other)?;
+    }
+    Ok(())
 }
 
 /// Writes the status byte; the address was checked when parsing.
@@ -262,6 +311,43 @@ impl WriteVolatile for FileAt<'_> {
             }
             done += n as usize;
             self.offset += n as u64;
+        }
+        Ok(done)
+    }
+}
+
+/// A position in a concatenated disk: reads go to each component in turn,
+/// never past a component's recorded end.
+struct ConcatAt<'a> {
+    image: &'a ConcatImage,
+    offset: u64,
+}
+
+impl ReadVolatile for ConcatAt<'_> {
+    /// Fills `buf` completely unless the disk ends, or a component file
+    /// ends before its recorded size (it shrank), first.
+    fn read_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &mut VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let Some((component, local)) = self.image.locate(self.offset) else {
+                break;
+            };
+            let room = component.len - local;
+            let want = usize::try_from(room).map_or(buf.len() - done, |r| r.min(buf.len() - done));
+            let mut part = buf.subslice(done, want)?;
+            let n = FileAt {
+                file: &component.file,
+                offset: local,
+            }
+            .read_volatile(&mut part)?;
+            done += n;
+            self.offset += n as u64;
+            if n < want {
+                break;
+            }
         }
         Ok(done)
     }

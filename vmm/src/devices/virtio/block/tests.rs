@@ -730,3 +730,328 @@ fn through_the_mmio_transport() {
     drop(t);
     assert!(exit_rx.try_recv().is_err());
 }
+
+// ---- concatenated read-only disks ----
+
+/// Component files with distinct contents, their list file, and the bytes
+/// the disk must show (their concatenation, built with std).
+struct Layers {
+    dir: tempfile::TempDir,
+    list: std::path::PathBuf,
+    paths: Vec<std::path::PathBuf>,
+    expected: Vec<u8>,
+}
+
+/// Component `i` of `sectors[i]` sectors; byte `j` of it is `(i * 37 + j * 7) % 253`.
+fn layers(sectors: &[u64]) -> Layers {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    let mut expected = Vec::new();
+    for (i, &n) in sectors.iter().enumerate() {
+        let bytes: Vec<u8> = (0..n * SECTOR_SIZE)
+            .map(|j| ((i as u64 * 37 + j * 7) % 253) as u8)
+            .collect();
+        let path = dir.path().join(format!("layer{i}.erofs"));
+        std::fs::write(&path, &bytes).unwrap();
+        expected.extend_from_slice(&bytes);
+        paths.push(path);
+    }
+    let list = dir.path().join("layers.list");
+    let text: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
+    std::fs::write(&list, text).unwrap();
+    Layers {
+        dir,
+        list,
+        paths,
+        expected,
+    }
+}
+
+/// The sizes used below: boundaries at sectors 1, 4, 5, 13, 15.
+const LAYER_SECTORS: [u64; 5] = [1, 3, 1, 8, 2];
+
+fn read_sectors(mem: &GuestMemoryMmap, disk: &Disk, sector: u64, segments: &[u32]) -> Vec<u8> {
+    write_header(mem, VIRTIO_BLK_T_IN, sector);
+    let mut descs = vec![header()];
+    let mut addr = DATA_ADDR;
+    for &len in segments {
+        descs.push(desc(addr, len, W));
+        addr += u64::from(len).next_multiple_of(0x1000);
+    }
+    descs.push(status_desc());
+    let total: u32 = segments.iter().sum();
+    let used = serve(mem, disk, &descs);
+    assert_eq!(
+        status(mem),
+        VIRTIO_BLK_S_OK as u8,
+        "read at sector {sector}"
+    );
+    assert_eq!(used, total + 1);
+    let mut data = Vec::new();
+    let mut addr = DATA_ADDR;
+    for &len in segments {
+        let mut part = vec![0u8; len as usize];
+        mem.read_slice(&mut part, GuestAddress(addr)).unwrap();
+        data.extend_from_slice(&part);
+        addr += u64::from(len).next_multiple_of(0x1000);
+    }
+    data
+}
+
+#[test]
+fn concat_disk_reads_equal_the_concatenation_at_and_across_boundaries() {
+    let mem = memory();
+    let l = layers(&LAYER_SECTORS);
+    let disk = concat_disk_for_test(&l.list, "image-1").unwrap();
+    let total: u64 = LAYER_SECTORS.iter().sum();
+    assert_eq!(disk.capacity_sectors(), total);
+    assert!(disk.is_read_only());
+    assert_eq!(l.expected.len() as u64, total * SECTOR_SIZE);
+
+    // Every start sector and every length that still fits: each boundary
+    // is crossed from every side, by one segment.
+    for start in 0..total {
+        for count in 1..=(total - start).min(6) {
+            let data = read_sectors(&mem, &disk, start, &[(count * SECTOR_SIZE) as u32]);
+            let from = (start * SECTOR_SIZE) as usize;
+            assert_eq!(
+                data,
+                l.expected[from..from + data.len()],
+                "sectors {start}..{}",
+                start + count
+            );
+        }
+    }
+    // The whole disk in one request, with segments that do not line up
+    // with the components.
+    let data = read_sectors(&mem, &disk, 0, &[1024, 512, 2048, 512, 3584]);
+    assert_eq!(data, l.expected);
+}
+
+#[test]
+fn concat_disk_reads_past_the_end_fail_with_ioerr() {
+    let mem = memory();
+    let l = layers(&LAYER_SECTORS);
+    let disk = concat_disk_for_test(&l.list, "image-1").unwrap();
+    let total: u64 = LAYER_SECTORS.iter().sum();
+    for (sector, len) in [
+        (total - 1, 1024),
+        (total, 512),
+        (u64::MAX, 512),
+        (0, 8192 + 512),
+    ] {
+        write_header(&mem, VIRTIO_BLK_T_IN, sector);
+        let used = serve(
+            &mem,
+            &disk,
+            &[header(), desc(DATA_ADDR, len, W), status_desc()],
+        );
+        assert_eq!(
+            status(&mem),
+            VIRTIO_BLK_S_IOERR as u8,
+            "sector {sector} len {len}"
+        );
+        assert_eq!(used, 1);
+    }
+    // The last sector itself reads fine.
+    let data = read_sectors(&mem, &disk, total - 1, &[512]);
+    assert_eq!(data, l.expected[l.expected.len() - 512..]);
+}
+
+#[test]
+fn concat_disk_refuses_writes_and_answers_get_id_and_flush() {
+    let mem = memory();
+    let l = layers(&LAYER_SECTORS);
+    let disk = concat_disk_for_test(&l.list, "img.layers_01").unwrap();
+
+    for sector in [0, 3, 4] {
+        write_header(&mem, VIRTIO_BLK_T_OUT, sector);
+        mem.write_slice(&[0xab; 1024], GuestAddress(DATA_ADDR))
+            .unwrap();
+        let used = serve(
+            &mem,
+            &disk,
+            &[header(), desc(DATA_ADDR, 1024, 0), status_desc()],
+        );
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR as u8);
+        assert_eq!(used, 1);
+    }
+    let on_disk: Vec<u8> = l
+        .paths
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(on_disk, l.expected, "no component changed");
+
+    write_header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+    serve(&mem, &disk, &[header(), status_desc()]);
+    assert_eq!(status(&mem), VIRTIO_BLK_S_OK as u8);
+
+    write_header(&mem, VIRTIO_BLK_T_GET_ID, 0);
+    mem.write_slice(&[0xff; 32], GuestAddress(DATA_ADDR))
+        .unwrap();
+    let used = serve(
+        &mem,
+        &disk,
+        &[header(), desc(DATA_ADDR, 20, W), status_desc()],
+    );
+    assert_eq!(status(&mem), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(used, 21);
+    let mut id = [0u8; 20];
+    mem.read_slice(&mut id, GuestAddress(DATA_ADDR)).unwrap();
+    assert_eq!(&id[..13], b"img.layers_01");
+    assert!(id[13..].iter().all(|&b| b == 0));
+}
+
+/// Components are opened once, at start: unlinking them later changes
+/// nothing, and a component that shrinks fails the reads that reach its
+/// lost tail instead of returning short data.
+#[test]
+fn concat_components_are_held_open_and_a_shrunk_one_fails_cleanly() {
+    let mem = memory();
+    let l = layers(&LAYER_SECTORS);
+    let disk = concat_disk_for_test(&l.list, "image-1").unwrap();
+    for path in &l.paths {
+        std::fs::remove_file(path).unwrap();
+    }
+    std::fs::remove_file(&l.list).unwrap();
+    let data = read_sectors(&mem, &disk, 0, &[4096, 3584]);
+    assert_eq!(data, l.expected);
+
+    let l = layers(&LAYER_SECTORS);
+    let disk = concat_disk_for_test(&l.list, "image-1").unwrap();
+    // Component 3 (sectors 5..13) loses its last 4 sectors, 9..13.
+    let shrunk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&l.paths[3])
+        .unwrap();
+    shrunk.set_len(4 * SECTOR_SIZE).unwrap();
+    for (sector, len) in [(9, 512), (12, 512), (8, 1024), (12, 1024)] {
+        write_header(&mem, VIRTIO_BLK_T_IN, sector);
+        serve(
+            &mem,
+            &disk,
+            &[header(), desc(DATA_ADDR, len, W), status_desc()],
+        );
+        assert_eq!(
+            status(&mem),
+            VIRTIO_BLK_S_IOERR as u8,
+            "sector {sector} len {len}"
+        );
+    }
+    let data = read_sectors(&mem, &disk, 4, &[2560]);
+    assert_eq!(
+        data,
+        l.expected[4 * 512..9 * 512],
+        "the kept part still reads"
+    );
+    let data = read_sectors(&mem, &disk, 13, &[1024]);
+    assert_eq!(data, l.expected[13 * 512..], "later components still read");
+}
+
+#[test]
+fn concat_lists_with_blank_lines_are_accepted() {
+    let mem = memory();
+    let l = layers(&[2, 1]);
+    let text = format!("\n{}\n  \n\n{}", l.paths[0].display(), l.paths[1].display());
+    std::fs::write(&l.list, text).unwrap();
+    let disk = concat_disk_for_test(&l.list, "x").unwrap();
+    assert_eq!(disk.capacity_sectors(), 3);
+    assert_eq!(read_sectors(&mem, &disk, 0, &[1536]), l.expected);
+}
+
+#[test]
+fn bad_concat_lists_are_refused_naming_the_culprit() {
+    let l = layers(&[1, 2]);
+    let dir = l.dir.path();
+    let list = |text: String| {
+        let path = dir.join("bad.list");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let open = |path: &std::path::Path| concat_disk_for_test(path, "x").err().unwrap();
+
+    // Sizes that are not a non-zero multiple of 512, named.
+    let odd = dir.join("odd.erofs");
+    std::fs::write(&odd, vec![0u8; 1000]).unwrap();
+    let empty = dir.join("empty.erofs");
+    std::fs::write(&empty, b"").unwrap();
+    for (bad, size) in [(&odd, 1000), (&empty, 0)] {
+        let err = open(&list(format!(
+            "{}\n{}\n",
+            l.paths[0].display(),
+            bad.display()
+        )));
+        assert!(matches!(err, ConcatError::BadSize { line: 2, .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&bad.display().to_string()), "{message}");
+        assert!(
+            message.contains(&format!("is {size} bytes, not a non-zero multiple of 512")),
+            "{message}"
+        );
+    }
+
+    // No components at all.
+    for text in ["", "\n\n  \n"] {
+        let err = open(&list(text.into()));
+        assert!(matches!(err, ConcatError::Empty { .. }), "{err}");
+        assert!(err.to_string().contains("names no image files"), "{err}");
+    }
+
+    // A missing component, named with its line.
+    let missing = dir.join("gone.erofs");
+    let err = open(&list(format!(
+        "{}\n\n{}\n",
+        l.paths[0].display(),
+        missing.display()
+    )));
+    assert!(matches!(err, ConcatError::Open { line: 3, .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&missing.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("No such file"), "{message}");
+
+    // A relative path, a directory, a missing list.
+    let err = open(&list("layer0.erofs\n".into()));
+    assert!(
+        matches!(err, ConcatError::RelativePath { line: 1, .. }),
+        "{err}"
+    );
+    let err = open(&list(format!("{}\n", dir.display())));
+    assert!(matches!(err, ConcatError::NotAFile { .. }), "{err}");
+    let err = open(&dir.join("no.list"));
+    assert!(matches!(err, ConcatError::ListUnreadable { .. }), "{err}");
+    assert!(err.to_string().contains("no.list"), "{err}");
+
+    // Too many components: refused before opening any of them.
+    let text = format!("{}\n", missing.display()).repeat(MAX_COMPONENTS + 1);
+    let err = open(&list(text));
+    assert!(
+        matches!(err, ConcatError::TooManyComponents { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn concat_block_device_is_read_only_with_the_summed_capacity() {
+    let l = layers(&LAYER_SECTORS);
+    let (exit, _rx) = mpsc::channel();
+    let block = Block::concat(&l.list, "image-1".into(), exit.clone()).unwrap();
+    assert_eq!(block.capacity_sectors(), LAYER_SECTORS.iter().sum::<u64>());
+    assert!(block.is_read_only());
+    assert_ne!(block.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    let mut capacity = [0u8; 8];
+    block.read_config(0, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), 15);
+
+    let err = Block::concat(&l.list, "x".repeat(21), exit.clone())
+        .err()
+        .unwrap();
+    assert!(matches!(err, BlockError::InvalidSerial { .. }), "{err}");
+    let err = Block::concat(l.dir.path().join("none"), "x".into(), exit)
+        .err()
+        .unwrap();
+    assert!(matches!(err, BlockError::Concat(_)), "{err}");
+}
