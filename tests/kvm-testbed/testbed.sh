@@ -17,7 +17,8 @@
 #       stdout and stderr stream to ours; exits with CMD's status, 124 on
 #       the timeout (default 1800 s), 125 when the bed itself failed.
 #
-# Both need root. Messages of the bed itself start with "testbed:" on stderr.
+# HUSK_TESTBED_APPEND adds to L1's kernel command line (e.g. loglevel=7 to
+# see its boot). Both need root. Messages of the bed itself start with "testbed:" on stderr.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -254,7 +255,7 @@ cmd_run() {
 		qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max -M q35
 		-smp "$smp" -m "${mem}M" -nodefaults -no-user-config -display none -no-reboot
 		-kernel "$cache/vmlinuz" -initrd "$cache/initramfs.cpio.gz"
-		-append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off"
+		-append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off ${HUSK_TESTBED_APPEND:-}"
 		-chardev "file,id=console,path=$run_tmp/console.fifo" -serial chardev:console
 		-chardev "file,id=stdout,path=$run_tmp/stdout.fifo" -serial chardev:stdout
 		-fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap"
