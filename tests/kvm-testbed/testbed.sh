@@ -57,17 +57,24 @@ ensure_packages() {
 	DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
-# Sets kernel_pkg and kernel_ver to the kernel package linux-image-amd64
-# depends on (or HUSK_TESTBED_KERNEL_PACKAGE) and its candidate version.
+# Sets kernel_pkg and kernel_ver: the kernel package the candidate
+# linux-image-amd64 depends on, at the exact version it names (one apt-cache
+# call: without apt's binary cache each call parses every package list), or
+# HUSK_TESTBED_KERNEL_PACKAGE at its candidate version.
 resolve_kernel() {
+	local dep
 	kernel_pkg=${HUSK_TESTBED_KERNEL_PACKAGE:-}
-	if [[ -z $kernel_pkg ]]; then
-		kernel_pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
-			sed -n 's/^ *|\{0,1\}Depends: \(linux-image-[0-9][^ ]*-amd64\(-unsigned\)\{0,1\}\)$/\1/p' | head -n 1)
+	if [[ -n $kernel_pkg ]]; then
+		kernel_ver=$(apt-cache policy "$kernel_pkg" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+	else
+		# "Depends: linux-image-6.1.0-57-amd64 (= 6.1.192-3)"
+		dep=$(apt-cache show --no-all-versions linux-image-amd64 2>/dev/null |
+			sed -n 's/^Depends: .*\(linux-image-[0-9][^ ,]*-amd64\(-unsigned\)\{0,1\}\) (= \([^)]*\)).*/\1 \3/p' |
+			head -n 1)
+		kernel_pkg=${dep%% *}
+		kernel_ver=${dep#* }
 	fi
-	[[ -n $kernel_pkg ]] || return 1
-	kernel_ver=$(apt-cache policy "$kernel_pkg" 2>/dev/null | sed -n 's/^ *Candidate: //p')
-	[[ -n $kernel_ver && $kernel_ver != "(none)" ]]
+	[[ -n $kernel_pkg && -n $kernel_ver && $kernel_ver != "(none)" ]]
 }
 
 # The cache key: what the output is made of.
@@ -220,9 +227,9 @@ cmd_run() {
 	cache=$(cmd_prepare) || die "prepare failed"
 
 	trap cleanup EXIT
-	trap 'exit 129' HUP
-	trap 'exit 130' INT
-	trap 'exit 143' TERM
+	trap 'say "interrupted (SIGHUP)"; exit 129' HUP
+	trap 'say "interrupted (SIGINT)"; exit 130' INT
+	trap 'say "interrupted (SIGTERM)"; exit 143' TERM
 	run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/husk-testbed.XXXXXX")
 	[[ $run_tmp != *,* ]] || die "the temp dir $run_tmp has a comma, which QEMU's options cannot take"
 	io=$run_tmp/io
