@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub mod fixtures;
+pub mod testbed;
 
 /// The cargo target profile directory holding the workspace binaries
 /// (`target/debug` when run by `cargo test`): test executables live in its
@@ -53,4 +54,36 @@ macro_rules! skip {
         eprintln!("SKIPPED: {}", format!($($arg)*));
         return;
     }};
+}
+
+/// Skips the calling test for `reason` (a missing host capability, never to
+/// hide a failure): prints `SKIPPED: <reason>` to stderr and appends
+/// "<test name>: <reason>" to the file named by HUSK_SKIP_LOG, if set, so a
+/// run can count its skips. Under CI=true, where set-up must have provided
+/// every prerequisite, it panics with the reason instead. Use as
+/// `return husk_e2e::skip(reason);`.
+pub fn skip(reason: impl std::fmt::Display) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_owned();
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: prerequisite missing under CI=true (not skipping): {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    if let Some(log) = std::env::var_os("HUSK_SKIP_LOG") {
+        use std::io::Write as _;
+        let line = format!("{test}: {}\n", reason.to_string().replace('\n', " "));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!(
+                "cannot append to HUSK_SKIP_LOG {}: {e}",
+                log.to_string_lossy()
+            );
+        }
+    }
 }
