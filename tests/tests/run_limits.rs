@@ -36,6 +36,25 @@ fn memory_limit_kills_what_allocates_past_it() {
     env.assert_clean();
 }
 
+/// `--cpus 2` gives the VM two vCPUs, both brought up by the guest kernel
+/// (on husk-vmm this needs a working MP table and SMP start-up; only
+/// nested-PVM hosts are limited to one).
+#[test]
+fn cpus_gives_the_vm_that_many_online_cpus() {
+    let env = run_env!();
+    let out = env.run(&[
+        "--cpus",
+        "2",
+        "busybox",
+        "sh",
+        "-c",
+        "nproc; grep -c ^processor /proc/cpuinfo",
+    ]);
+    assert_code(&out, 0);
+    assert_eq!(text(&out.stdout), "2\n2\n", "stderr: {}", text(&out.stderr));
+    env.assert_clean();
+}
+
 #[test]
 fn pids_limit_stops_forks() {
     let env = run_env!();

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The real-KVM tier of scripts/test.sh: runs, inside ONE boot of the KVM test
+# bed, the tests that need a KVM that can run guest userspace:
+#   - every `husk run` end-to-end test (tests/tests/run_*.rs) on husk-vmm
+#     (HUSK_TEST_BACKEND=husk),
+#   - vmm_boot (husk-vmm boots our kernel; no nested-PVM parameter, since the
+#     VMM's own probe finds a real KVM there),
+#   - the KVM payload tests of husk-vmm.
+#
+#   tests/kvm-testbed/suite.sh [--list] [-- TEST-ARGS...]
+#
+# Builds the test binaries first (L1 reads target/ over 9p, so nothing may
+# rebuild while it runs), then boots the bed once and runs them one after
+# the other there. Exits non-zero if any failed. Skipped tests are listed at
+# the end with their reasons (lines "testbed-skip: ..."), and appended to
+# $HUSK_SKIP_LOG when that is set.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+# Test targets: package and test name.
+targets=(
+	"husk-e2e run_basics" "husk-e2e run_errors" "husk-e2e run_limits"
+	"husk-e2e run_tty" "husk-e2e run_husk_vmm" "husk-e2e run_layers"
+	"husk-e2e vmm_boot" "husk-vmm kvm_payload"
+)
+
+if [[ ${1:-} == --inside ]]; then
+	# Inside L1: run each binary, keep going after a failure, sum up.
+	shift
+	skips=/tmp/husk-testbed-skips.log
+	: >"$skips"
+	export HUSK_SKIP_LOG=$skips HUSK_TEST_BACKEND=husk
+	failed=()
+	run_bins=()
+	while [[ $# -gt 0 && $1 != -- ]]; do
+		run_bins+=("$1")
+		shift
+	done
+	[[ ${1:-} == -- ]] && shift
+	for bin in "${run_bins[@]}"; do
+		name=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
+		printf '==> [test bed] %s\n' "$name" >&2
+		start=$SECONDS
+		if "$bin" --test-threads=2 --nocapture "$@"; then
+			printf '==> [test bed] %s passed in %d s\n' "$name" $((SECONDS - start)) >&2
+		else
+			printf '==> [test bed] %s FAILED after %d s\n' "$name" $((SECONDS - start)) >&2
+			failed+=("$name")
+		fi
+	done
+	sed 's/^/testbed-skip: /' "$skips"
+	if ((${#failed[@]})); then
+		printf '==> [test bed] failed: %s\n' "${failed[*]}" >&2
+		exit 1
+	fi
+	exit 0
+fi
+
+list_only=false
+[[ ${1:-} == --list ]] && list_only=true
+
+# Build every target and learn its executable (cargo prints one JSON line
+# per artifact; the executable of a test target is what we run).
+packages=()
+tests=()
+for t in "${targets[@]}"; do
+	read -r pkg test <<<"$t"
+	packages+=(-p "$pkg")
+	tests+=(--test "$test")
+done
+json=$(cargo test --quiet --no-run --message-format=json "${packages[@]}" "${tests[@]}")
+bins=()
+for t in "${targets[@]}"; do
+	read -r _ test <<<"$t"
+	exe=$(printf '%s\n' "$json" | python3 -c '
+import json, sys
+want = sys.argv[1]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") \
+            and m["target"]["name"] == want and "test" in m["target"]["kind"]:
+        print(m["executable"])
+' "$test")
+	[[ -n $exe ]] || { echo "suite: no test binary for $test" >&2; exit 1; }
+	bins+=("$exe")
+done
+if $list_only; then
+	printf '%s\n' "${bins[@]}"
+	exit 0
+fi
+
+# shellcheck source=/dev/null
+[[ -f target/husk.env ]] && source target/husk.env
+: "${HUSK_KERNEL:?set HUSK_KERNEL (scripts/setup.sh writes target/husk.env)}"
+: "${HUSK_AGENT:?set HUSK_AGENT (scripts/setup.sh writes target/husk.env)}"
+export HUSK_KERNEL HUSK_AGENT HUSK_VMM
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+"$root/tests/kvm-testbed/testbed.sh" run --timeout "${HUSK_TESTBED_TIMEOUT:-2400}" \
+	-- "$root/tests/kvm-testbed/suite.sh" --inside "${bins[@]}" -- "$@" | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+if [[ -n ${HUSK_SKIP_LOG:-} ]]; then
+	sed -n 's/^testbed-skip: /[test bed] /p' "$log" >>"$HUSK_SKIP_LOG"
+fi
+exit "$status"
