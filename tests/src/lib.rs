@@ -46,44 +46,25 @@ pub fn kvm_available() -> bool {
         .is_ok()
 }
 
-/// Skip the current test with a printed reason (only for missing host
-/// capabilities, never to hide a failure).
+/// Skips the calling test (prints the reason, counts it in HUSK_SKIP_LOG)
+/// for a missing prerequisite that set-up provides: under CI=true that is a
+/// failure instead (see husk-test-skip).
 #[macro_export]
 macro_rules! skip {
     ($($arg:tt)*) => {{
-        eprintln!("SKIPPED: {}", format!($($arg)*));
+        $crate::skip_unless_ci(format!($($arg)*));
         return;
     }};
 }
 
-/// Skips the calling test for `reason` (a missing host capability, never to
-/// hide a failure): prints `SKIPPED: <reason>` to stderr and appends
-/// "<test name>: <reason>" to the file named by HUSK_SKIP_LOG, if set, so a
-/// run can count its skips. Under CI=true, where set-up must have provided
-/// every prerequisite, it panics with the reason instead. Use as
-/// `return husk_e2e::skip(reason);`.
-pub fn skip(reason: impl std::fmt::Display) {
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("unnamed test")
-        .to_owned();
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: prerequisite missing under CI=true (not skipping): {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-    if let Some(log) = std::env::var_os("HUSK_SKIP_LOG") {
-        use std::io::Write as _;
-        let line = format!("{test}: {}\n", reason.to_string().replace('\n', " "));
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = written {
-            panic!(
-                "cannot append to HUSK_SKIP_LOG {}: {e}",
-                log.to_string_lossy()
-            );
-        }
-    }
+/// For a capability the host lacks and set-up cannot provide (a usable
+/// /dev/kvm): counted, never a failure.
+#[macro_export]
+macro_rules! skip_host {
+    ($($arg:tt)*) => {{
+        $crate::skip(format!($($arg)*));
+        return;
+    }};
 }
+
+pub use husk_test_skip::{skip, skip_unless_ci};

@@ -25,7 +25,7 @@ fn show(out: &BedOutput) -> String {
 #[test]
 fn command_output_status_and_environment_come_back() {
     if let Some(reason) = testbed::unavailable() {
-        return husk_e2e::skip(reason);
+        return husk_e2e::skip_unless_ci(reason);
     }
     let opts = Options {
         timeout: Duration::from_secs(900),
@@ -72,7 +72,7 @@ fn command_output_status_and_environment_come_back() {
 #[test]
 fn l1_has_a_real_kvm_and_husk_check_says_ready() {
     if let Some(reason) = testbed::unavailable() {
-        return husk_e2e::skip(reason);
+        return husk_e2e::skip_unless_ci(reason);
     }
     let husk = husk_e2e::bin("husk");
     let opts = Options {
@@ -98,7 +98,7 @@ fn l1_has_a_real_kvm_and_husk_check_says_ready() {
 #[test]
 fn hard_timeout_ends_the_run_and_leaves_nothing_behind() {
     if let Some(reason) = testbed::unavailable() {
-        return husk_e2e::skip(reason);
+        return husk_e2e::skip_unless_ci(reason);
     }
     // The script's per-run directory (QEMU's shares and FIFOs) goes here,
     // so QEMU's command line names it.

@@ -23,7 +23,7 @@ fn verdict(husk: &std::path::Path) -> Option<String> {
 fn husk_vmm_backend_runs_or_fails_cleanly() {
     let mut env = run_env!();
     if !husk_e2e::kvm_available() {
-        husk_e2e::skip!("/dev/kvm cannot be opened");
+        husk_e2e::skip_host!("/dev/kvm cannot be opened");
     }
     let vmm = husk_e2e::target_dir().join("husk-vmm");
     if !vmm.is_file() {

@@ -123,7 +123,7 @@ fn vmm_boots_kernel_with_disks_and_console() {
         skip!("HUSK_KERNEL is not set to a built guest kernel (guest-kernel-config/build.sh prints its path)");
     };
     if !kvm_available() {
-        skip!("/dev/kvm cannot be opened read-write");
+        husk_e2e::skip_host!("/dev/kvm cannot be opened read-write");
     }
     let dir = tempfile::tempdir().unwrap();
     let disk_a = dir.path().join("a.img");
