@@ -463,7 +463,11 @@ fn sigterm_ends_the_vmm_when_a_vcpu_is_stuck_writing_serial_output() {
         Stdio::piped(),
     );
     let full = wait_for(&mut child, Duration::from_secs(20), || pipe_is_full(&read));
-    assert!(full, "the serial output did not fill the pipe");
+    if !full {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the serial output did not fill the pipe");
+    }
     std::thread::sleep(Duration::from_millis(200));
     let (status, took) = terminate(&mut child);
     let stderr = read_all(child.stderr.take());
@@ -505,12 +509,12 @@ fn sigterm_ends_the_vmm_within_the_bound_when_stderr_is_blocked() {
         Stdio::from(write),
     );
     let full = wait_for(&mut child, Duration::from_secs(20), || pipe_is_full(&read));
-    assert!(
-        full,
-        "the debug log did not fill the pipe ({} bytes; exit {:?})",
-        bytes_in_pipe(&read),
-        child.try_wait()
-    );
+    if !full {
+        let in_pipe = bytes_in_pipe(&read);
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the debug log did not fill the pipe ({in_pipe} bytes)");
+    }
     std::thread::sleep(Duration::from_millis(200));
     let (status, took) = terminate(&mut child);
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
