@@ -1,24 +1,42 @@
 //! `husk-vmm`: boot one microVM from the command line and exit with the
-//! guest's fate: 0 when it powers off or reboots, 1 with a one-line reason
-//! on stderr otherwise (triple fault, KVM internal error, failed entry,
-//! device error, VMM error, bad configuration).
+//! guest's fate: 0 when it powers off or reboots, 128+N when stopped by
+//! signal N (SIGINT, SIGTERM, SIGHUP), 1 with a one-line reason on stderr
+//! otherwise (triple fault, KVM internal error, failed entry, device error,
+//! VMM error, bad configuration).
+//!
+//! Stop signals: the process is gone at most [`STOP_BOUND`] (2 s) after
+//! the first one, whatever the guest does. The VM is stopped the usual way
+//! (every vCPU kicked out of KVM_RUN, `vm::VCPU_STOP_TIMEOUT`, then devices
+//! dropped); if that has not ended the process by the deadline, the signal
+//! thread ends it with `_exit(128+N)`, skipping what is left of the clean-up.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use husk_vmm::config::{BootSource, DiskConfig, NestedPvmWorkarounds, SerialOutput, VmConfig};
-use husk_vmm::exit::VmExitReason;
+use husk_vmm::exit::{ExitSender, VmExitReason};
 use husk_vmm::vm::Vm;
 use tracing_subscriber::EnvFilter;
+
+/// How long after the first stop signal (SIGINT, SIGTERM, SIGHUP) the
+/// process may still exist; past it the signal thread exits at once.
+const STOP_BOUND: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "husk-vmm",
     version,
-    about = "Boot a KVM microVM from an ELF vmlinux (PVH)"
+    about = "Boot a KVM microVM from an ELF vmlinux (PVH)",
+    after_help = "Exit status: 0 when the guest powers off or reboots; 128+N when stopped by \
+signal N (SIGINT, SIGTERM, SIGHUP); 1 otherwise, with the reason on stderr.\n\n\
+On SIGINT, SIGTERM or SIGHUP the VM is stopped (every vCPU kicked out of KVM_RUN, \
+devices closed) and husk-vmm exits within 2 s, whatever the guest is doing (spinning, \
+halted with interrupts off, secondary vCPUs never started); a stop that takes longer \
+is cut short with the same exit status."
 )]
 struct Args {
     /// Uncompressed ELF vmlinux with a PVH entry note.
@@ -117,6 +135,9 @@ impl Args {
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    // Blocked first, before any thread exists, so every thread inherits
+    // the mask and only the stop-signal thread receives them.
+    let blocked = block_stop_signals();
     let args = Args::parse();
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|e| {
         eprintln!(
@@ -131,15 +152,17 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    // Blocked before any thread exists so every thread inherits the mask
-    // and only `forward_stop_signals` receives them.
-    let stop_signals = match block_stop_signals() {
-        Ok(set) => Some(set),
+    // Running before the VM is built, so that the bound holds from the
+    // signal on even while the VM is being set up.
+    let stop_signals = match blocked.and_then(StopSignals::start) {
+        Ok(stop) => Some(stop),
         Err(e) => {
-            tracing::warn!("SIGINT/SIGTERM keep their default action: {e}");
+            tracing::warn!("SIGINT/SIGTERM/SIGHUP keep their default action: {e}");
+            unblock_stop_signals();
             None
         }
     };
+    raise_open_file_limit();
 
     let config = args.into_config();
     let vm = match Vm::new(&config, process_start) {
@@ -149,8 +172,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(set) = stop_signals {
-        forward_stop_signals(set, vm.exit_sender());
+    if let Some(stop) = &stop_signals {
+        stop.attach(vm.exit_sender());
     }
     let reason = vm.run();
     if reason.exit_code() == 0 {
@@ -164,9 +187,13 @@ fn main() -> ExitCode {
 
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
+fn stop_sigset() -> std::io::Result<libc::sigset_t> {
+    vmm_sys_util::signal::create_sigset(&STOP_SIGNALS)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
 fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
-    let set = vmm_sys_util::signal::create_sigset(&STOP_SIGNALS)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    let set = stop_sigset()?;
     // SAFETY: `set` is a valid, initialised signal set.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -175,20 +202,231 @@ fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
     Ok(set)
 }
 
-/// Turns a stop signal into an exit reason, so the VM is stopped the same
-/// way as for any other reason (devices dropped, console socket removed).
-fn forward_stop_signals(set: libc::sigset_t, exit: husk_vmm::exit::ExitSender) {
-    let spawned = std::thread::Builder::new()
-        .name("stop-signals".into())
-        .spawn(move || loop {
-            let mut signal: libc::c_int = 0;
-            // SAFETY: `set` is initialised and `signal` is a valid out pointer.
-            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                let _ = exit.send(VmExitReason::Terminated { signal });
-                return;
+/// Gives the stop signals their default action back (nobody would wait
+/// for them); threads started later inherit the unblocked mask.
+fn unblock_stop_signals() {
+    if let Ok(set) = stop_sigset() {
+        // SAFETY: `set` is a valid, initialised signal set.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
+}
+
+/// What the stop-signal thread shares with `main`.
+#[derive(Default)]
+struct StopState {
+    /// Where to send the stop, once the VM exists.
+    exit: Option<ExitSender>,
+    /// The first stop signal, once one came.
+    signal: Option<libc::c_int>,
+}
+
+/// The thread that waits for a stop signal, turns it into an exit reason
+/// (so the VM is stopped the same way as for any other reason: vCPUs
+/// kicked, devices dropped, console socket removed), and ends the process
+/// itself if that has not happened `STOP_BOUND` after the signal.
+struct StopSignals {
+    state: Arc<Mutex<StopState>>,
+}
+
+impl StopSignals {
+    fn start(set: libc::sigset_t) -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(StopState::default()));
+        let shared = state.clone();
+        std::thread::Builder::new()
+            .name("stop-signals".into())
+            .spawn(move || {
+                let signal = wait_for_stop_signal(&set);
+                let deadline = Instant::now() + STOP_BOUND;
+                forward_stop(&shared, signal);
+                // Nothing here may log or print through std: the thread
+                // that is stuck may be one holding the stderr lock.
+                sleep_until(deadline);
+                hard_exit(signal)
+            })?;
+        Ok(StopSignals { state })
+    }
+
+    /// Hands over the VM's exit channel; forwards a signal that came while
+    /// the VM was being built.
+    fn attach(&self, exit: ExitSender) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(signal) = state.signal {
+            let _ = exit.send(VmExitReason::Terminated { signal });
+        }
+        state.exit = Some(exit);
+    }
+}
+
+fn wait_for_stop_signal(set: &libc::sigset_t) -> libc::c_int {
+    loop {
+        let mut signal: libc::c_int = 0;
+        // SAFETY: `set` is initialised and `signal` is a valid out pointer.
+        if unsafe { libc::sigwait(set, &mut signal) } == 0 {
+            return signal;
+        }
+    }
+}
+
+/// Records the signal and sends it to the VM if there is one yet.
+fn forward_stop(state: &Mutex<StopState>, signal: libc::c_int) {
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    state.signal = Some(signal);
+    if let Some(exit) = &state.exit {
+        // The receiver is gone only when the VM is already stopping.
+        let _ = exit.send(VmExitReason::Terminated { signal });
+    }
+}
+
+fn sleep_until(deadline: Instant) {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left);
+    }
+}
+
+/// Ends the process now with 128+`signal`. The one-line reason goes to
+/// stderr only if that cannot block (a full pipe may be what holds the
+/// stuck thread); std's exit clean-up is skipped for the same reason.
+fn hard_exit(signal: libc::c_int) -> ! {
+    let message = format!(
+        "husk-vmm: stopped by signal {signal}; exiting without finishing the clean-up (the VM did not stop within {} s)\n",
+        STOP_BOUND.as_secs()
+    );
+    let mut stderr = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a zero timeout never blocks.
+    let writable =
+        unsafe { libc::poll(&mut stderr, 1, 0) } == 1 && stderr.revents & libc::POLLOUT != 0;
+    if writable {
+        // SAFETY: writes `message.len()` bytes from a live buffer to fd 2;
+        // the message is shorter than PIPE_BUF, so a pipe with room takes
+        // it without blocking.
+        unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
+    }
+    // SAFETY: _exit only ends the process.
+    unsafe { libc::_exit(128 + signal) }
+}
+
+/// A concatenated disk keeps every component file open (up to 4096 per
+/// disk), beyond the usual soft limit of 1024: use the hard limit.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one valid rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                tracing::debug!("cannot raise the open file limit to {}", limit.rlim_max);
             }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("stop signals not handled: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_vmm::config::NestedPvmWorkarounds;
+
+    fn parse(extra: &[&str]) -> VmConfig {
+        let mut argv = vec!["husk-vmm", "--raw-payload", "/p"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap().into_config()
+    }
+
+    #[test]
+    fn nested_pvm_flags_map_to_on_off_and_default_to_auto() {
+        use NestedPvmWorkarounds::*;
+        assert_eq!(parse(&[]).nested_pvm_workarounds, Auto);
+        assert_eq!(
+            parse(&["--nested-pvm-workarounds"]).nested_pvm_workarounds,
+            On
+        );
+        assert_eq!(
+            parse(&["--no-nested-pvm-workarounds"]).nested_pvm_workarounds,
+            Off
+        );
+        // Neither flag given means Auto: the only setting that probes.
+        let never = || -> bool { panic!("probed despite the flag") };
+        assert!(parse(&["--nested-pvm-workarounds"])
+            .nested_pvm_workarounds
+            .resolve(never));
+        assert!(!parse(&["--no-nested-pvm-workarounds"])
+            .nested_pvm_workarounds
+            .resolve(never));
+        assert!(Args::try_parse_from([
+            "husk-vmm",
+            "--raw-payload",
+            "/p",
+            "--nested-pvm-workarounds",
+            "--no-nested-pvm-workarounds"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn disk_flags_parse_into_the_config() {
+        let config = parse(&[
+            "--disk",
+            "/a.img",
+            "--disk",
+            "/l.list:ro,concat,serial=image-1",
+        ]);
+        assert_eq!(config.disks[0], DiskConfig::raw("/a.img", false));
+        assert_eq!(
+            config.disks[1],
+            DiskConfig {
+                serial: Some("image-1".into()),
+                concat: true,
+                ..DiskConfig::raw("/l.list", true)
+            }
+        );
+        let err = Args::try_parse_from(["husk-vmm", "--raw-payload", "/p", "--disk", "/l,concat"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concat disks are read-only"), "{err}");
+    }
+
+    #[test]
+    fn a_signal_before_the_vm_exists_is_forwarded_on_attach() {
+        let state = Mutex::new(StopState::default());
+        forward_stop(&state, libc::SIGTERM);
+        let stop = StopSignals {
+            state: Arc::new(state),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        stop.attach(tx);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            VmExitReason::Terminated {
+                signal: libc::SIGTERM
+            }
+        );
+
+        let stop = StopSignals {
+            state: Arc::new(Mutex::new(StopState::default())),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        stop.attach(tx);
+        assert!(rx.try_recv().is_err(), "nothing to forward yet");
+        forward_stop(&stop.state, libc::SIGINT);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            VmExitReason::Terminated {
+                signal: libc::SIGINT
+            }
+        );
     }
 }

@@ -7,6 +7,13 @@
 //! `kvm_run.immediate_exit` for the vCPU of the thread it lands on, so a
 //! kick that arrives just before KVM_RUN still makes KVM_RUN return EINTR
 //! at once instead of running the guest; the loop then sees the flag.
+//! A pending signal also ends KVM_RUN wherever the vCPU is inside it: in
+//! guest mode (a guest that never exits), blocked in an in-kernel-irqchip
+//! HLT (even with interrupts off), or waiting for an INIT/SIPI as a
+//! secondary vCPU the guest never started. `vm::stop_vcpus` repeats the
+//! kick until the thread has ended, for at most `vm::VCPU_STOP_TIMEOUT`;
+//! only a thread blocked outside KVM_RUN (e.g. in a write to a full pipe)
+//! outlives that, and the process exit ends it.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};

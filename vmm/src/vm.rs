@@ -42,8 +42,14 @@ use crate::memory::{
 use crate::vcpu::{kick_signal, register_kick_handler, FirstRunClock, Vcpu};
 use crate::x86_64::{cpuid, lapic, msrs, regs, X86Error};
 
-/// How long `run` waits for vCPU threads to leave KVM_RUN once stopped.
-const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `run` waits for vCPU threads to leave KVM_RUN once stopped
+/// (they normally take milliseconds). Threads still running after it are
+/// left behind: `run` returns anyway, and the caller is expected to exit
+/// the process, which ends them. husk-vmm's whole stop, this included,
+/// is bounded by `STOP_BOUND` (2 s) in main.rs.
+pub const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a vCPU thread that has not stopped is kicked again.
+const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -169,7 +175,13 @@ impl Vm {
         self.exit_tx.clone()
     }
 
-    /// Runs the guest until the first exit reason, then stops all vCPUs.
+    /// Runs the guest until the first exit reason, then stops all vCPUs
+    /// (within `VCPU_STOP_TIMEOUT`) and drops the devices.
+    ///
+    /// A vCPU thread that does not stop in time (the kernel keeps it, or
+    /// it is blocked outside KVM_RUN, e.g. writing serial output to a full
+    /// pipe) still uses the buses, devices and guest memory, so then
+    /// nothing is torn down: the VM is leaked for the process exit to end.
     pub fn run(mut self) -> VmExitReason {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -205,37 +217,57 @@ impl Vm {
             .exit_rx
             .recv()
             .unwrap_or_else(|_| VmExitReason::VmmError("exit channel closed".into()));
-        stop_vcpus(&stop, threads);
+        let stuck = stop_vcpus(&stop, threads);
         // A panicking kernel resets itself (panic=N): not a clean end.
-        if reason == VmExitReason::GuestShutdown && self.guest_panicked.load(Ordering::Acquire) {
-            return VmExitReason::GuestPanic;
+        let reason = if reason == VmExitReason::GuestShutdown
+            && self.guest_panicked.load(Ordering::Acquire)
+        {
+            VmExitReason::GuestPanic
+        } else {
+            reason
+        };
+        if stuck > 0 {
+            std::mem::forget(self);
         }
         reason
     }
 }
 
-/// Sets the stop flag, kicks every vCPU out of KVM_RUN and joins them.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+/// Sets the stop flag, kicks every vCPU thread until it has left KVM_RUN
+/// and joins it, for at most `VCPU_STOP_TIMEOUT`. Returns how many threads
+/// are still running.
+///
+/// The kick works wherever the thread is: in guest mode (a spinning guest),
+/// blocked in the kernel (an in-kernel-irqchip HLT, a secondary vCPU
+/// waiting for an INIT/SIPI that never comes), or in user space about to
+/// enter KVM_RUN (the handler sets `immediate_exit`). See `vcpu`.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) -> usize {
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
     let mut pending = threads;
-    while !pending.is_empty() && Instant::now() < deadline {
-        for handle in &pending {
-            if !handle.is_finished() {
-                // Fails only if the thread already ended.
-                let _ = handle.kill(kick_signal());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    loop {
         let (done, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|h| h.is_finished());
         for handle in done {
             let _ = handle.join();
         }
         pending = rest;
+        if pending.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for handle in &pending {
+            // Fails only if the thread has just ended.
+            let _ = handle.kill(kick_signal());
+        }
+        std::thread::sleep(VCPU_KICK_INTERVAL);
     }
     if !pending.is_empty() {
-        tracing::warn!(count = pending.len(), "vCPU threads did not stop in time");
+        tracing::warn!(
+            count = pending.len(),
+            "vCPU threads did not stop within {} ms; leaving them to the process exit",
+            VCPU_STOP_TIMEOUT.as_millis()
+        );
     }
+    pending.len()
 }
 
 /// The in-kernel LAPIC/IOAPIC/PIC and PIT, and the pages KVM needs for
