@@ -88,10 +88,19 @@ pub fn check_range(offset: u64, length: u64, device_size: u64) -> Result<(), Str
     }
 }
 
+/// A loop device made by [`attach_read_only`], held open.
+pub struct LoopDevice {
+    pub path: PathBuf,
+    /// Autoclear detaches the device at its last close: keep this open
+    /// until something else (the mount) holds the device.
+    _open: File,
+}
+
 /// Attaches a new read-only loop device over `length` bytes of `device`
-/// from `offset`, and returns its path (`/dev/loopN`). The loop device
-/// goes away by itself once nothing holds it open or mounted.
-pub fn attach_read_only(device: &Path, offset: u64, length: u64) -> io::Result<PathBuf> {
+/// from `offset` (`/dev/loopN`). The loop device goes away by itself once
+/// nothing holds it open or mounted, so mount it before dropping the
+/// returned handle.
+pub fn attach_read_only(device: &Path, offset: u64, length: u64) -> io::Result<LoopDevice> {
     let backing = File::open(device)?;
     let control = OpenOptions::new()
         .read(true)
@@ -127,7 +136,12 @@ pub fn attach_read_only(device: &Path, offset: u64, length: u64) -> io::Result<P
         // SAFETY: `config` is a valid LoopConfig that outlives the call; the
         // kernel only reads it.
         match unsafe { loop_configure(loop_file.as_raw_fd(), &config) } {
-            Ok(_) => return Ok(path),
+            Ok(_) => {
+                return Ok(LoopDevice {
+                    path,
+                    _open: loop_file,
+                })
+            }
             Err(nix::errno::Errno::EBUSY) => continue,
             Err(errno) => return Err(io::Error::from(errno)),
         }

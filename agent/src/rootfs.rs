@@ -173,6 +173,8 @@ fn assemble_into(
                 layer.offset, layer.digest
             ),
         };
+        // Held until the layer is mounted (see loopdev::LoopDevice).
+        let mut loop_device = None;
         let device = match layer.length {
             None => disk.clone(),
             Some(length) => {
@@ -180,8 +182,11 @@ fn assemble_into(
                     .map_err(|err| StepError::new(&step, format!("size of {disk_name}: {err}")))?;
                 loopdev::check_range(layer.offset, length, size)
                     .map_err(|err| StepError::new(&step, err))?;
-                loopdev::attach_read_only(&disk, layer.offset, length)
-                    .map_err(|err| StepError::new(&step, format!("loop device: {err}")))?
+                let attached = loopdev::attach_read_only(&disk, layer.offset, length)
+                    .map_err(|err| StepError::new(&step, format!("loop device: {err}")))?;
+                let path = attached.path.clone();
+                loop_device = Some(attached);
+                path
             }
         };
         let target = layers_dir.join(index.to_string());
@@ -194,6 +199,7 @@ fn assemble_into(
             None::<&str>,
         )
         .map_err(|err| StepError::new(&step, err))?;
+        drop(loop_device);
         mounts.push(target.clone());
         lowers.push(target);
     }
