@@ -36,7 +36,8 @@ impl fmt::Display for BackendKind {
 }
 
 /// What a guest disk's content comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DiskImage {
     /// One raw image file (scratch disks; no CLI flag offers one yet).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -44,9 +45,9 @@ pub enum DiskImage {
     /// Read-only image files presented as ONE disk, one after the other
     /// (each a non-zero multiple of 512 bytes): how an image's layers reach
     /// the guest without a virtio device per layer. The backend writes its
-    /// own description of the list to `listing`, a path in the run
-    /// directory (husk-vmm: a list of files; QEMU: a VMDK descriptor with
-    /// flat extents).
+    /// own description of the list to `listing` (husk-vmm: a list of
+    /// files; QEMU: a VMDK descriptor with flat extents); a relative
+    /// `listing` is resolved in the VM's run directory by [`DiskConfig::in_dir`].
     Concat {
         parts: Vec<PathBuf>,
         listing: PathBuf,
@@ -54,7 +55,7 @@ pub enum DiskImage {
 }
 
 /// A block device for the guest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     pub image: DiskImage,
     pub read_only: bool,
@@ -64,6 +65,18 @@ pub struct DiskConfig {
 }
 
 impl DiskConfig {
+    /// This disk with a relative concat `listing` placed in `dir` (the VM's
+    /// run directory, known only once the VM is about to start).
+    pub fn in_dir(&self, dir: &Path) -> DiskConfig {
+        let mut disk = self.clone();
+        if let DiskImage::Concat { listing, .. } = &mut disk.image {
+            if listing.is_relative() {
+                *listing = dir.join(&*listing);
+            }
+        }
+        disk
+    }
+
     /// Refuses a serial the guest could not read back unchanged, or that a
     /// backend's option syntax would split.
     pub fn check_serial(&self) -> Result<(), BackendError> {

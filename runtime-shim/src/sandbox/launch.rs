@@ -126,15 +126,11 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
     RunDir::sweep_stale(store_root);
     let rundir = RunDir::create(store_root, &container_id)?;
     tracing::debug!(path = %rundir.path().display(), "run directory");
-    let (layers_disk, layers) = layers::pack(
-        &image.name,
-        &image.layers,
-        &rundir.path().join("layers.disk"),
-    )?;
+    let (layers_disk, layers) = layers::pack(&image.name, &image.layers)?;
     let config = VmConfig {
         kernel,
         initramfs,
-        disks: vec![layers_disk],
+        disks: vec![layers_disk.in_dir(rundir.path())],
         console_socket: rundir.console_socket(),
         serial_log: rundir.serial_log(),
         vmm_log: rundir.vmm_log(),

@@ -9,7 +9,7 @@
 //! descriptor with flat extents) keeps each layer file shared by every image
 //! and VM that uses it; the agent puts a loop device over each range.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use husk_protocol::LayerDisk;
 
@@ -37,13 +37,13 @@ pub enum LayersError {
     Unusable { image: String, reason: String },
 }
 
-/// The layers disk (its list written by the backend to `listing`) and the
-/// layers as the agent is told of them, bottom first.
-pub fn pack(
-    image: &str,
-    layers: &[Layer],
-    listing: &Path,
-) -> Result<(DiskConfig, Vec<LayerDisk>), LayersError> {
+/// The file name of the layers disk's listing in a VM's run directory.
+pub const LAYERS_LISTING: &str = "layers.disk";
+
+/// The layers disk (its listing named [`LAYERS_LISTING`], relative: see
+/// [`DiskConfig::in_dir`]) and the layers as the agent is told of them,
+/// bottom first.
+pub fn pack(image: &str, layers: &[Layer]) -> Result<(DiskConfig, Vec<LayerDisk>), LayersError> {
     if layers.is_empty() {
         return Err(LayersError::NoLayers {
             image: image.into(),
@@ -83,7 +83,7 @@ pub fn pack(
     let disk = DiskConfig {
         image: DiskImage::Concat {
             parts,
-            listing: listing.to_path_buf(),
+            listing: PathBuf::from(LAYERS_LISTING),
         },
         read_only: true,
         serial: LAYERS_DISK_SERIAL.into(),
@@ -94,6 +94,7 @@ pub fn pack(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn layer(dir: &Path, name: &str, len: usize) -> Layer {
         let disk = dir.join(name);
@@ -114,15 +115,14 @@ mod tests {
             layer(dir.path(), "b", 4096),
             layer(dir.path(), "c", 12288),
         ];
-        let listing = dir.path().join("layers.list");
-        let (disk, described) = pack("img", &layers, &listing).unwrap();
+        let (disk, described) = pack("img", &layers).unwrap();
         assert_eq!(disk.serial, LAYERS_DISK_SERIAL);
         assert!(disk.read_only);
         assert_eq!(
             disk.image,
             DiskImage::Concat {
                 parts: layers.iter().map(|l| l.disk.clone()).collect(),
-                listing
+                listing: PathBuf::from(LAYERS_LISTING)
             }
         );
         let ranges: Vec<(u64, Option<u64>)> =
@@ -137,25 +137,24 @@ mod tests {
     #[test]
     fn bad_layer_sets_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let listing = dir.path().join("l");
         assert!(matches!(
-            pack("img", &[], &listing),
+            pack("img", &[]),
             Err(LayersError::NoLayers { .. })
         ));
         let many: Vec<Layer> = (0..=MAX_LAYERS)
             .map(|i| layer(dir.path(), &format!("l{i}"), 512))
             .collect();
         assert!(matches!(
-            pack("img", &many, &listing),
+            pack("img", &many),
             Err(LayersError::TooMany { count: 126, .. })
         ));
         let mut gone = layer(dir.path(), "gone", 512);
         std::fs::remove_file(&gone.disk).unwrap();
         gone.disk = dir.path().join("gone");
-        let err = pack("img", &[gone], &listing).unwrap_err().to_string();
+        let err = pack("img", &[gone]).unwrap_err().to_string();
         assert!(err.contains("import the image again"), "{err}");
         let odd = layer(dir.path(), "odd", 1000);
-        let err = pack("img", &[odd], &listing).unwrap_err().to_string();
+        let err = pack("img", &[odd]).unwrap_err().to_string();
         assert!(err.contains("512"), "{err}");
     }
 }

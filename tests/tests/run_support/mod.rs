@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use husk_e2e::fixtures::{self, Format, TestStore};
@@ -45,18 +46,70 @@ pub fn setup() -> Result<RunEnv, String> {
         return Err("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into());
     }
     let store = TestStore::new();
-    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let archive = work.path().join("busybox.tar");
-    let image =
-        fixtures::build(&fixtures::busybox(Some("busybox:latest")).map_err(|e| e.to_string())?);
-    fixtures::write(&[image], Format::Docker, &archive).map_err(|e| e.to_string())?;
-    store.import(&archive, &[]);
+    copy_tree(template_store()?, store.root())?;
     Ok(RunEnv {
         store,
         kernel,
         agent,
         backend,
     })
+}
+
+/// The busybox image is imported once per test binary, into this template
+/// store, and each test gets a copy of it (`cp -a` keeps the owners, modes
+/// and xattrs of the layer files; the store holds no absolute paths): an
+/// import under the KVM test bed's emulation takes about 20 s, and every
+/// test needs the image. The template is removed when the binary exits.
+fn template_store() -> Result<&'static Path, String> {
+    static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let store = TestStore::new();
+            let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let archive = work.path().join("busybox.tar");
+            let image = fixtures::build(
+                &fixtures::busybox(Some("busybox:latest")).map_err(|e| e.to_string())?,
+            );
+            fixtures::write(&[image], Format::Docker, &archive).map_err(|e| e.to_string())?;
+            store.import(&archive, &[]);
+            let path = store.dir.keep();
+            remove_at_exit(&path);
+            Ok(path)
+        })
+        .as_ref()
+        .map(PathBuf::as_path)
+        .map_err(Clone::clone)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .output()
+        .map_err(|e| format!("cp: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "copying the template store: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Removes `path` when the process exits (the test harness ends with
+/// exit(), which runs atexit handlers; statics are never dropped).
+fn remove_at_exit(path: &Path) {
+    static TO_REMOVE: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove() {
+        if let Some(path) = TO_REMOVE.get() {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+    if TO_REMOVE.set(path.to_path_buf()).is_ok() {
+        // SAFETY: `remove` is a plain extern "C" fn without arguments.
+        unsafe { libc::atexit(remove) };
+    }
 }
 
 impl RunEnv {
