@@ -272,10 +272,12 @@ cmd_run() {
 	cat "$run_tmp/console.fifo" >&2 &
 	cat_pids+=($!)
 
+	local kernel=$cache/vmlinuz
+	[[ ! -f $cache/vmlinux ]] || kernel=$cache/vmlinux
 	local qemu=(
 		qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max -M q35
 		-smp "$smp" -m "${mem}M" -nodefaults -no-user-config -display none -no-reboot
-		-kernel "$cache/vmlinuz" -initrd "$cache/initramfs.cpio.gz"
+		-kernel "$kernel" -initrd "$cache/initramfs.cpio.gz"
 		-append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off ${HUSK_TESTBED_APPEND:-}"
 		-chardev "file,id=console,path=$run_tmp/console.fifo" -serial chardev:console
 		-chardev "file,id=stdout,path=$run_tmp/stdout.fifo" -serial chardev:stdout
