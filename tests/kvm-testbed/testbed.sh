@@ -13,26 +13,39 @@
 #   testbed.sh run [--timeout SECS] [--smp N] [--mem MIB] [--env NAME]... -- CMD [ARGS...]
 #       Boots L1 (preparing first if needed) and runs CMD there, chrooted
 #       into the host's root, in the current directory, with PATH, HOME, CI,
-#       RUST_BACKTRACE, HUSK_* and the --env variables of the caller. CMD's
-#       stdout and stderr stream to ours; exits with CMD's status, 124 on
-#       the timeout (default 1800 s), 125 when the bed itself failed.
+#       RUST_BACKTRACE, HUSK_* (not HUSK_TESTBED_*) and the --env variables
+#       of the caller. CMD's stdout and stderr stream to ours. Exits with
+#       CMD's status, 124 on the timeout (default 1800 s), 125 when the bed
+#       itself failed (with a "testbed:" message saying why).
 #
+# Both need root. Messages of the bed itself start with "testbed:" on stderr.
 # HUSK_TESTBED_APPEND adds to L1's kernel command line (e.g. loglevel=7 to
-# see its boot). Both need root. Messages of the bed itself start with "testbed:" on stderr.
+# see its boot); HUSK_TESTBED_RESULT names a file that gets how the run
+# ended (see result() below).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache_root=${HUSK_CACHE:-${HUSK_CACHE_DIR:-$HOME/.cache/husk}}/testbed
 packages=(qemu-system-x86 busybox-static cpio kmod xz-utils)
 die_code=1
+result_file=${HUSK_TESTBED_RESULT:-}
 
 say() { printf 'testbed: %s\n' "$*" >&2; }
+# For programs driving `run` (the Rust harness): one line in
+# $HUSK_TESTBED_RESULT saying how the run ended, so a command's own 124 or
+# 125 is not taken for the bed's: "exit N", "timeout", "bed-failed MESSAGE"
+# or "interrupted SIGNAL".
+result() {
+	[[ -z $result_file ]] || printf '%s\n' "$*" >"$result_file"
+}
 die() {
 	say "$*"
+	result "bed-failed $*"
 	exit "$die_code"
 }
 usage() {
-	sed -n '7,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+	sed -n '7,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+	result "bed-failed usage"
 	exit 2
 }
 
@@ -211,8 +224,9 @@ cmd_run() {
 	for name in "${names[@]}"; do
 		[[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--env wants a variable name, not '$name'"
 	done
+	# HUSK_TESTBED_* configure this script, not the command.
 	while IFS= read -r name; do
-		[[ $name == HUSK_* ]] && names+=("$name")
+		[[ $name == HUSK_* && $name != HUSK_TESTBED_* ]] && names+=("$name")
 	done < <(compgen -e)
 
 	[[ $(id -u) -eq 0 ]] || die "run needs root (QEMU shares the whole host root into L1)"
@@ -227,9 +241,9 @@ cmd_run() {
 	cache=$(cmd_prepare) || die "prepare failed"
 
 	trap cleanup EXIT
-	trap 'say "interrupted (SIGHUP)"; exit 129' HUP
-	trap 'say "interrupted (SIGINT)"; exit 130' INT
-	trap 'say "interrupted (SIGTERM)"; exit 143' TERM
+	trap 'say "interrupted (SIGHUP)"; result "interrupted SIGHUP"; exit 129' HUP
+	trap 'say "interrupted (SIGINT)"; result "interrupted SIGINT"; exit 130' INT
+	trap 'say "interrupted (SIGTERM)"; result "interrupted SIGTERM"; exit 143' TERM
 	run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/husk-testbed.XXXXXX")
 	[[ $run_tmp != *,* ]] || die "the temp dir $run_tmp has a comma, which QEMU's options cannot take"
 	io=$run_tmp/io
@@ -258,10 +272,12 @@ cmd_run() {
 	cat "$run_tmp/console.fifo" >&2 &
 	cat_pids+=($!)
 
+	local kernel=$cache/vmlinuz
+	[[ ! -f $cache/vmlinux ]] || kernel=$cache/vmlinux
 	local qemu=(
 		qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max -M q35
 		-smp "$smp" -m "${mem}M" -nodefaults -no-user-config -display none -no-reboot
-		-kernel "$cache/vmlinuz" -initrd "$cache/initramfs.cpio.gz"
+		-kernel "$kernel" -initrd "$cache/initramfs.cpio.gz"
 		-append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off ${HUSK_TESTBED_APPEND:-}"
 		-chardev "file,id=console,path=$run_tmp/console.fifo" -serial chardev:console
 		-chardev "file,id=stdout,path=$run_tmp/stdout.fifo" -serial chardev:stdout
@@ -291,6 +307,7 @@ cmd_run() {
 	if ((rc == 124 || rc == 137)) && awk -v a="$start" -v b="$ended_at" -v t="$timeout" 'BEGIN { exit !(b - a >= t) }'; then
 		[[ ! -f $io/status ]] || say "(the command had ended ($(cat "$io/status")), but something kept L1 up)"
 		say "timed out after $timeout s"
+		result timeout
 		exit 124
 	fi
 	if [[ -f $io/status ]]; then
@@ -298,7 +315,10 @@ cmd_run() {
 		kind=${status%% *}
 		rest=${status#* }
 		case $kind in
-		exit) exit "$rest" ;;
+		exit)
+			result "exit $rest"
+			exit "$rest"
+			;;
 		setup) die "L1 could not run the command: $rest" ;;
 		esac
 		die "L1 wrote an unexpected status: $status"

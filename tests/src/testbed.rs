@@ -89,9 +89,24 @@ impl Default for Options {
     }
 }
 
+/// How a run in the bed ended (from `testbed.sh`'s HUSK_TESTBED_RESULT, so
+/// a command's own 124 or 125 is not mistaken for the bed's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command ran and exited with this status (128+N: killed by signal N).
+    Exited(i32),
+    /// The run hit its `--timeout`; QEMU was killed.
+    TimedOut,
+    /// The bed could not run the command: the reason.
+    BedFailed(String),
+    /// `testbed.sh` was stopped by this signal.
+    Interrupted(String),
+}
+
 /// What a run in the bed gave back.
 #[derive(Debug)]
 pub struct BedOutput {
+    pub outcome: Outcome,
     /// The status of `testbed.sh run`: the command's own, or
     /// [`EXIT_TIMEOUT`] / [`EXIT_BED_FAILED`].
     pub status: ExitStatus,
@@ -158,6 +173,9 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(opts: &Options, cmd: &[S]) -> Result<BedOu
         command.arg("--env").arg(name);
     }
     command.arg("--").args(cmd);
+    let result_dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let result_file = result_dir.path().join("result");
+    command.env("HUSK_TESTBED_RESULT", &result_file);
     if let Some(dir) = &opts.cwd {
         command.current_dir(dir);
     }
@@ -201,11 +219,32 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(opts: &Options, cmd: &[S]) -> Result<BedOu
         }
     };
     let _ = waiter.join();
+    let outcome = match std::fs::read_to_string(&result_file) {
+        Ok(line) => parse_outcome(line.trim_end()),
+        Err(e) => Outcome::BedFailed(format!(
+            "testbed.sh ended ({status}) without writing its result ({e})"
+        )),
+    };
     Ok(BedOutput {
+        outcome,
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
     })
+}
+
+fn parse_outcome(line: &str) -> Outcome {
+    let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match kind {
+        "exit" => match rest.parse() {
+            Ok(code) => Outcome::Exited(code),
+            Err(_) => Outcome::BedFailed(format!("unreadable result: {line}")),
+        },
+        "timeout" => Outcome::TimedOut,
+        "interrupted" => Outcome::Interrupted(rest.to_owned()),
+        "bed-failed" => Outcome::BedFailed(rest.to_owned()),
+        _ => Outcome::BedFailed(format!("unreadable result: {line}")),
+    }
 }
 
 fn read_all(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
@@ -216,4 +255,26 @@ fn read_all(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
         }
         buf
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_parse() {
+        assert_eq!(parse_outcome("exit 0"), Outcome::Exited(0));
+        assert_eq!(parse_outcome("exit 125"), Outcome::Exited(125));
+        assert_eq!(parse_outcome("timeout"), Outcome::TimedOut);
+        assert_eq!(
+            parse_outcome("bed-failed L1 could not run the command: insmod kvm_amd failed"),
+            Outcome::BedFailed("L1 could not run the command: insmod kvm_amd failed".into())
+        );
+        assert_eq!(
+            parse_outcome("interrupted SIGTERM"),
+            Outcome::Interrupted("SIGTERM".into())
+        );
+        assert!(matches!(parse_outcome("exit x"), Outcome::BedFailed(_)));
+        assert!(matches!(parse_outcome(""), Outcome::BedFailed(_)));
+    }
 }

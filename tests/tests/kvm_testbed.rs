@@ -10,12 +10,13 @@ mod run_support;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use husk_e2e::testbed::{self, BedOutput, Options};
+use husk_e2e::testbed::{self, BedOutput, Options, Outcome};
 use serde_json::Value;
 
 fn show(out: &BedOutput) -> String {
     format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        "{:?} (status {:?})\nstdout:\n{}\nstderr:\n{}",
+        out.outcome,
         out.status,
         out.stdout_text(),
         out.stderr_text()
@@ -33,13 +34,13 @@ fn command_output_status_and_environment_come_back() {
         env: vec!["TESTBED_EXTRA".into()],
         script_env: vec![
             ("TESTBED_EXTRA".into(), "x 'y'".into()),
-            ("HUSK_TESTBED_PROBE".into(), "z".into()),
+            ("HUSK_E2E_PROBE".into(), "z".into()),
             ("TESTBED_HIDDEN".into(), "not passed".into()),
         ],
         ..Options::default()
     };
     let script = r#"printf '%s|' "$@"; echo
-        echo "extra=$TESTBED_EXTRA husk=$HUSK_TESTBED_PROBE hidden=${TESTBED_HIDDEN-unset}"
+        echo "extra=$TESTBED_EXTRA husk=$HUSK_E2E_PROBE hidden=${TESTBED_HIDDEN-unset}"
         pwd
         echo hi from L1 stderr >&2
         exit 7"#;
@@ -49,6 +50,7 @@ fn command_output_status_and_environment_come_back() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
 
+    assert_eq!(out.outcome, Outcome::Exited(7), "{}", show(&out));
     assert_eq!(out.code(), Some(7), "{}", show(&out));
     let cwd = std::env::current_dir()
         .and_then(|d| d.canonicalize())
@@ -83,7 +85,7 @@ fn l1_has_a_real_kvm_and_husk_check_says_ready() {
     let cmd: Vec<OsString> = vec![husk.into(), "check".into(), "--json".into()];
     let out = testbed::run(&opts, &cmd).unwrap_or_else(|e| panic!("{e}"));
 
-    assert_eq!(out.code(), Some(0), "{}", show(&out));
+    assert_eq!(out.outcome, Outcome::Exited(0), "{}", show(&out));
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("husk check --json printed no JSON ({e}): {}", show(&out)));
     assert_eq!(report["verdict"], "ready", "{report:#}");
@@ -116,6 +118,7 @@ fn hard_timeout_ends_the_run_and_leaves_nothing_behind() {
     let out = testbed::run(&opts, &["sleep", "600"]).unwrap_or_else(|e| panic!("{e}"));
     let took = started.elapsed();
 
+    assert_eq!(out.outcome, Outcome::TimedOut, "{}", show(&out));
     assert_eq!(out.code(), Some(testbed::EXIT_TIMEOUT), "{}", show(&out));
     assert!(
         out.stderr_text().contains("testbed: timed out after 15 s"),
