@@ -39,6 +39,9 @@ pub enum Command {
 }
 
 fn main() {
+    if let Some(code) = husk::container::monitor::dispatch() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -25,6 +25,7 @@ pub enum Plan {
 /// A backend and the one-line reason it was picked.
 pub struct Selected {
     pub backend: Box<dyn VmBackend>,
+    pub plan: Plan,
     pub reason: String,
 }
 
@@ -45,11 +46,40 @@ pub fn select(
             )
         }
     };
-    let backend: Box<dyn VmBackend> = match plan {
+    Ok(Selected {
+        backend: backend_for(plan)?,
+        plan,
+        reason,
+    })
+}
+
+/// The backend of a plan decided earlier (e.g. by the command that started
+/// a container's monitor): no second host probe.
+pub fn backend_for(plan: Plan) -> Result<Box<dyn VmBackend>, BackendError> {
+    Ok(match plan {
         Plan::HuskVmm => Box::new(HuskVmmBackend::locate()?),
         Plan::Qemu(accel) => Box::new(QemuBackend::new(accel)),
-    };
-    Ok(Selected { backend, reason })
+    })
+}
+
+impl Plan {
+    /// A stable name, for state files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::HuskVmm => "husk",
+            Plan::Qemu(Accel::Kvm) => "qemu-kvm",
+            Plan::Qemu(Accel::Tcg) => "qemu-tcg",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Plan> {
+        match text {
+            "husk" => Some(Plan::HuskVmm),
+            "qemu-kvm" => Some(Plan::Qemu(Accel::Kvm)),
+            "qemu-tcg" => Some(Plan::Qemu(Accel::Tcg)),
+            _ => None,
+        }
+    }
 }
 
 /// The pure decision: a plan and why.

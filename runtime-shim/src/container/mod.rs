@@ -1,0 +1,212 @@
+//! Containers over time: the lifecycle that both command lines (and later
+//! the containerd shim) drive.
+//!
+//! - [`instance`]: the core, one container in one VM, phase by phase;
+//! - [`state`]: statuses and their transitions (checked in one place), the
+//!   state directory (`state.json`, locks);
+//! - [`monitor`]: the per-container process that owns the VM so that the
+//!   container outlives the command that created it;
+//! - [`control`]: how commands talk to a monitor.
+//!
+//! The functions here are the commands' side: each takes the container's
+//! lock, checks the transition against the state, and asks the monitor.
+
+pub mod control;
+pub mod instance;
+pub mod monitor;
+pub mod state;
+
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::process::Child;
+use std::time::Duration;
+
+use husk_protocol::{ContainerStats, ExitStatus};
+
+use control::{ControlClient, ControlError, ControlReply, ControlRequest};
+use monitor::{MonitorConfig, MonitorError};
+use state::{transition, Op, State, StateDir, StateError, Status, TransitionError};
+
+/// How long `delete` waits for a monitor to power its VM off and exit.
+const MONITOR_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("the monitor of container {id} (pid {pid}) did not exit")]
+    Stuck { id: String, pid: i32 },
+}
+
+/// Creates a container: its state directory, then its monitor, which boots
+/// the VM and creates the container. On failure nothing is left.
+pub fn create(
+    root: &Path,
+    config: &MonitorConfig,
+    log_level: &str,
+) -> Result<(Child, State), ContainerError> {
+    let dir = StateDir::create(root, &config.state.id)?;
+    let result = (|| {
+        let _lock = dir.lock()?;
+        let mut state = config.state.clone();
+        state.status = Status::Creating;
+        dir.save(&state)?;
+        let (child, _pid) = monitor::spawn(&dir, config, log_level)?;
+        Ok::<_, ContainerError>((child, dir.load()?))
+    })();
+    if result.is_err() {
+        if let Err(e) = dir.remove() {
+            tracing::warn!(error = %e, "removing the state of a failed create");
+        }
+    }
+    result
+}
+
+/// The state of one container (stopped if its monitor is gone).
+pub fn state(root: &Path, id: &str) -> Result<State, ContainerError> {
+    Ok(StateDir::open(root, id)?.load()?)
+}
+
+/// Every container under `root`, by creation time.
+pub fn list(root: &Path) -> Vec<State> {
+    let mut all: Vec<State> = StateDir::list(root)
+        .iter()
+        .filter_map(|id| StateDir::open(root, id).ok())
+        .filter_map(|dir| dir.load().ok())
+        .collect();
+    all.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+    all
+}
+
+/// Checks `op` against the container's state, then sends `request` to its
+/// monitor and returns the connection for the replies.
+pub fn request(
+    root: &Path,
+    id: &str,
+    op: Op,
+    request: &ControlRequest,
+    fds: &[RawFd],
+) -> Result<ControlClient, ContainerError> {
+    let dir = StateDir::open(root, id)?;
+    let state = dir.load()?;
+    transition(state.status, op)?;
+    Ok(ControlClient::send(&dir.socket(), request, fds)?)
+}
+
+/// A request with one `ok` reply.
+fn simple(root: &Path, id: &str, op: Op, req: ControlRequest) -> Result<(), ContainerError> {
+    let dir = StateDir::open(root, id)?;
+    let _lock = dir.lock()?;
+    let mut client = request(root, id, op, &req, &[])?;
+    client.reply()?;
+    Ok(())
+}
+
+pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
+    simple(root, id, Op::Start, ControlRequest::Start)
+}
+
+pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), ContainerError> {
+    simple(
+        root,
+        id,
+        Op::Signal,
+        ControlRequest::Signal {
+            process: None,
+            signal,
+            all,
+        },
+    )
+}
+
+pub fn pause(root: &Path, id: &str) -> Result<(), ContainerError> {
+    simple(root, id, Op::Pause, ControlRequest::Pause)
+}
+
+pub fn resume(root: &Path, id: &str) -> Result<(), ContainerError> {
+    simple(root, id, Op::Resume, ControlRequest::Resume)
+}
+
+pub fn stats(root: &Path, id: &str) -> Result<ContainerStats, ContainerError> {
+    let mut client = request(root, id, Op::Stats, &ControlRequest::Stats, &[])?;
+    match client.reply()? {
+        ControlReply::Stats(stats) => Ok(stats),
+        other => Err(ControlError::Refused(format!("unexpected reply {other:?}")).into()),
+    }
+}
+
+/// Waits until the container's init has exited; its status.
+pub fn wait(root: &Path, id: &str) -> Result<ExitStatus, ContainerError> {
+    let dir = StateDir::open(root, id)?;
+    let state = dir.load()?;
+    if state.status == Status::Stopped {
+        return Ok(state.exit.unwrap_or(ExitStatus::signaled(libc::SIGKILL)));
+    }
+    let mut client =
+        ControlClient::send(&dir.socket(), &ControlRequest::Wait { process: None }, &[])?;
+    loop {
+        match client.reply() {
+            Ok(ControlReply::Exited { status }) => return Ok(status),
+            Ok(_) => continue,
+            // The monitor died without answering: whatever it last wrote.
+            Err(ControlError::Closed) => {
+                let state = dir.load()?;
+                return Ok(state.exit.unwrap_or(ExitStatus::signaled(libc::SIGKILL)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Deletes a container: its monitor (and VM) are stopped if still there,
+/// then its state directory goes.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<State, ContainerError> {
+    let dir = StateDir::open(root, id)?;
+    let _lock = dir.lock()?;
+    let state = dir.load()?;
+    transition(
+        state.status,
+        if force { Op::ForceDelete } else { Op::Delete },
+    )?;
+    stop_monitor(&dir, force)?;
+    dir.remove()?;
+    Ok(state)
+}
+
+/// Ends the monitor of `dir` if it still runs: asks it to delete, then
+/// kills it if it does not exit in time.
+fn stop_monitor(dir: &StateDir, force: bool) -> Result<(), ContainerError> {
+    if !dir.monitor_alive() {
+        return Ok(());
+    }
+    let raw = dir.read_raw()?;
+    let Some(pid) = raw.pid else {
+        return Ok(());
+    };
+    match ControlClient::send(&dir.socket(), &ControlRequest::Delete { force }, &[]) {
+        Ok(mut client) => match client.reply() {
+            Ok(_) | Err(ControlError::Closed) => {}
+            Err(e) => return Err(e.into()),
+        },
+        Err(e) => tracing::debug!(error = %e, "monitor not answering; killing it"),
+    }
+    if !monitor::wait_pid_gone(pid, MONITOR_EXIT_TIMEOUT) && dir.monitor_alive() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        if !monitor::wait_pid_gone(pid, Duration::from_secs(5)) {
+            return Err(ContainerError::Stuck {
+                id: dir.id.clone(),
+                pid,
+            });
+        }
+    }
+    Ok(())
+}
