@@ -3,4 +3,5 @@
 
 pub mod check;
 pub mod image;
+pub mod oci;
 pub mod run;
