@@ -148,20 +148,34 @@ pub fn wait(root: &Path, id: &str) -> Result<ExitStatus, ContainerError> {
     if state.status == Status::Stopped {
         return Ok(state.exit.unwrap_or(ExitStatus::signaled(libc::SIGKILL)));
     }
-    let mut client =
-        ControlClient::send(&dir.socket(), &ControlRequest::Wait { process: None }, &[])?;
-    loop {
-        match client.reply() {
-            Ok(ControlReply::Exited { status }) => return Ok(status),
-            Ok(_) => continue,
-            // The monitor died without answering: whatever it last wrote.
-            Err(ControlError::Closed) => {
-                let state = dir.load()?;
-                return Ok(state.exit.unwrap_or(ExitStatus::signaled(libc::SIGKILL)));
-            }
-            Err(e) => return Err(e.into()),
+    let client = ControlClient::send(&dir.socket(), &ControlRequest::Wait { process: None }, &[]);
+    let reply = client.and_then(|mut c| loop {
+        if let ControlReply::Exited { status } = c.reply()? {
+            return Ok(status);
+        }
+    });
+    match reply {
+        Ok(status) => Ok(status),
+        // The monitor ended (or died) without answering: what it last
+        // wrote, once it is gone.
+        Err(ControlError::Closed | ControlError::Io(_) | ControlError::Connect { .. }) => {
+            final_exit(&dir)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The init's exit status once the monitor is gone (it writes the final
+/// state before it stops answering).
+pub fn final_exit(dir: &StateDir) -> Result<ExitStatus, ContainerError> {
+    let raw = dir.read_raw()?;
+    if raw.status != Status::Stopped {
+        if let Some(pid) = raw.pid {
+            monitor::wait_pid_gone(pid, MONITOR_EXIT_TIMEOUT);
         }
     }
+    let state = dir.load()?;
+    Ok(state.exit.unwrap_or(ExitStatus::signaled(libc::SIGKILL)))
 }
 
 /// Deletes a container: its monitor (and VM) are stopped if still there,
@@ -189,12 +203,14 @@ fn stop_monitor(dir: &StateDir, force: bool) -> Result<(), ContainerError> {
     let Some(pid) = raw.pid else {
         return Ok(());
     };
-    match ControlClient::send(&dir.socket(), &ControlRequest::Delete { force }, &[]) {
-        Ok(mut client) => match client.reply() {
-            Ok(_) | Err(ControlError::Closed) => {}
-            Err(e) => return Err(e.into()),
-        },
-        Err(e) => tracing::debug!(error = %e, "monitor not answering; killing it"),
+    // A monitor that is already ending refuses or resets the connection:
+    // waiting for it to exit is all there is to do then.
+    let asked = ControlClient::send(&dir.socket(), &ControlRequest::Delete { force }, &[])
+        .and_then(|mut client| client.reply());
+    match asked {
+        Ok(_) => {}
+        Err(ControlError::Refused(message)) => return Err(ControlError::Refused(message).into()),
+        Err(e) => tracing::debug!(error = %e, "monitor not answering; waiting for it"),
     }
     if !monitor::wait_pid_gone(pid, MONITOR_EXIT_TIMEOUT) && dir.monitor_alive() {
         let _ = nix::sys::signal::kill(

@@ -150,7 +150,11 @@ pub fn spawn(
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| MonitorError::Spawn(e.into()))?;
     // Every source of a dup2 below is numbered 10 or above, clear of 3..=6.
-    let ready_w = dup_high(ready_w.as_raw_fd()).map_err(MonitorError::Spawn)?;
+    let ready_w = {
+        let high = dup_high(ready_w.as_raw_fd()).map_err(MonitorError::Spawn)?;
+        drop(ready_w);
+        high
+    };
     let inherited: Vec<OwnedFd> = if matches!(config.stdio, InitStdio::Inherited) {
         [0, 1, 2]
             .iter()
@@ -924,8 +928,8 @@ impl Monitor {
 
     /// The container is done: final state, waiters answered, VM off.
     fn finish(mut self, listener: UnixListener) {
-        drop(listener);
-        let _ = fs::remove_file(self.dir.socket());
+        // The final state first: a client whose connection is refused or
+        // reset from here on reads it from state.json.
         let init_status = self
             .state
             .exit
@@ -933,6 +937,8 @@ impl Monitor {
         self.state.exit = Some(init_status);
         self.state.status = Status::Stopped;
         self.save();
+        drop(listener);
+        let _ = fs::remove_file(self.dir.socket());
         for (process, stream) in self.waiters.drain(..) {
             let status = if process == INIT_PROCESS {
                 init_status

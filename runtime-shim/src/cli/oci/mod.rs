@@ -557,14 +557,14 @@ fn wait_forwarding(
             if state.status == Status::Stopped {
                 return Ok(state.exit.map(|s| s.shell_code()).unwrap_or(137));
             }
-            (
-                INIT_PROCESS,
-                crate::container::control::ControlClient::send(
-                    &dir.socket(),
-                    &ControlRequest::Wait { process: None },
-                    &[],
-                )?,
-            )
+            match crate::container::control::ControlClient::send(
+                &dir.socket(),
+                &ControlRequest::Wait { process: None },
+                &[],
+            ) {
+                Ok(c) => (INIT_PROCESS, c),
+                Err(_) => return Ok(lifecycle::final_exit(&dir)?.shell_code()),
+            }
         }
     };
     loop {
@@ -614,10 +614,11 @@ fn wait_forwarding(
             match client.reply() {
                 Ok(ControlReply::Exited { status }) => return Ok(status.shell_code()),
                 Ok(_) => continue,
-                Err(ControlError::Closed) => {
-                    let state = dir.load()?;
-                    return Ok(state.exit.map(|s| s.shell_code()).unwrap_or(137));
+                // The monitor ended without answering us.
+                Err(ControlError::Closed | ControlError::Io(_)) if target == INIT_PROCESS => {
+                    return Ok(lifecycle::final_exit(&dir)?.shell_code());
                 }
+                Err(ControlError::Closed | ControlError::Io(_)) => return Ok(137),
                 Err(e) => return Err(e.into()),
             }
         }
