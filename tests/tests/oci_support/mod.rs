@@ -246,6 +246,25 @@ impl OciEnv {
             .to_string()
     }
 
+    /// Waits (bounded) until `state` reports `status`: the container's
+    /// status changes are events only the runtime can tell.
+    pub fn wait_for_status(&self, rt: Rt, id: &str, status: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let out = self.run(rt, &["state", id]);
+            let now = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["status"].as_str().map(String::from));
+            if now.as_deref() == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{rt:?} {id} not {status} within {TIMEOUT:?} (last: {now:?})"
+            );
+        }
+    }
+
     /// Waits until the container's pid has exited (runc: the init; husk:
     /// its monitor, which exits with the init).
     pub fn wait_pid_exit(&self, pid: i32) {
