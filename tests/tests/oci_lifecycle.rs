@@ -5,7 +5,7 @@
 
 mod oci_support;
 
-use oci_support::{text, Rt};
+use oci_support::text;
 
 #[test]
 fn lifecycle_create_start_kill_delete_matches_runc() {

@@ -132,6 +132,7 @@ impl OciEnv {
         edit: impl FnOnce(&mut serde_json::Value),
     ) -> PathBuf {
         let dir = self.dir.path().join("bundles").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
         let bin = dir.join("rootfs/bin");
         std::fs::create_dir_all(&bin).expect("bundle dirs");
         for d in ["proc", "dev", "sys", "tmp", "etc"] {
