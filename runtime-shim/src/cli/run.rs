@@ -13,10 +13,15 @@ const MIN_MEMORY_BYTES: u64 = 6 << 20;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Remove the container when it exits (husk keeps no container state
-    /// yet, so every run is removed; accepted for docker compatibility).
+    /// Remove the container when it exits. A foreground run is always
+    /// removed (it keeps no state); with -d the container stays until
+    /// `husk rm` unless --rm.
     #[arg(long)]
     pub rm: bool,
+    /// Run in the background under a monitor: print the container's ID and
+    /// return (see `husk ps`, `exec`, `logs`, `stop`, `rm`).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Keep stdin open and forward it to the container.
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -73,6 +78,10 @@ fn parse_memory(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
+    if args.detach {
+        super::containers::check_detached(&args)?;
+    }
+    let (detach, remove) = (args.detach, args.rm);
     if let Some(name) = &args.name {
         let valid = name
             .bytes()
@@ -120,6 +129,9 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         kernel: args.kernel,
         vcpus,
     };
+    if detach {
+        return super::containers::run_detached(store, launch, remove, "info");
+    }
     match launch::run(store, launch) {
         Ok(Outcome::Exited(code)) => Ok(code),
         Ok(Outcome::StartFailed { code, error }) => {

@@ -12,8 +12,10 @@
 //! lock, checks the transition against the state, and asks the monitor.
 
 pub mod control;
+pub mod follow;
 pub mod instance;
 pub mod monitor;
+pub mod names;
 pub mod state;
 
 use std::os::fd::RawFd;

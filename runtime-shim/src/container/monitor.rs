@@ -72,6 +72,9 @@ pub struct MonitorConfig {
     pub stdio: InitStdio,
     /// The state to publish once created (status and pids are filled in).
     pub state: State,
+    /// Remove the container (state and name) once it has stopped.
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 /// A [`DiskConfig`] that can be written down.
@@ -338,6 +341,7 @@ struct Monitor {
     finished: bool,
     /// Keeps pty masters of exec'd terminals whose owner has not taken them.
     ptys: Vec<OwnedFd>,
+    auto_remove: bool,
 }
 
 fn serve(dir: &Path, ready: &mut File, report: impl Fn(&mut File, Ready)) -> Result<(), String> {
@@ -474,6 +478,7 @@ fn serve(dir: &Path, ready: &mut File, report: impl Fn(&mut File, Ready)) -> Res
         next_process: INIT_PROCESS + 1,
         finished: false,
         ptys,
+        auto_remove: config.auto_remove,
     };
     let result = monitor.run(&listener, &signals);
     if let Err(e) = &result {
@@ -954,7 +959,22 @@ impl Monitor {
         let _ = self.handle_frames();
         self.procs.clear();
         self.ptys.clear();
-        self.inst.shutdown();
+        let Monitor {
+            dir,
+            state,
+            inst,
+            auto_remove,
+            ..
+        } = self;
+        inst.shutdown();
+        if auto_remove {
+            if let (Some(name), Some(root)) = (&state.name, dir.path().parent()) {
+                super::names::release(root, name, &dir.id);
+            }
+            if let Err(e) = dir.remove() {
+                tracing::warn!(error = %e, "removing the container");
+            }
+        }
         tracing::info!("monitor done");
     }
 }

@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use husk_protocol::LayerDisk;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{Hook, Process, Spec};
 use serde::Serialize;
 
-use crate::container::control::{ControlError, ControlReply, ControlRequest};
+use crate::container::control::{ControlReply, ControlRequest};
 use crate::container::instance::INIT_PROCESS;
 use crate::container::monitor::{DiskSpec, InitStdio, MonitorConfig};
 use crate::container::state::{self, now_rfc3339, Op, State, StateDir, Status};
@@ -413,6 +412,7 @@ fn create(
         },
         stdio,
         state,
+        auto_remove: false,
     };
     let (child, state) = lifecycle::create(&cli.root, &config, cli.log_level())?;
     let after_create = || -> anyhow::Result<()> {
@@ -531,98 +531,14 @@ fn run_container(cli: &OciCli, args: &CreateArgs, detach: bool, keep: bool) -> a
     } else {
         None
     };
-    let status = wait_forwarding(cli, &args.id, None, signals.as_ref(), terminal)?;
+    let status =
+        lifecycle::follow::wait_forwarding(&cli.root, &args.id, None, signals.as_ref(), terminal)?;
     drop(_raw);
     if !keep {
         delete(cli, &args.id, true)?;
     }
     let _ = child.wait();
     Ok(status)
-}
-
-/// Waits for the init (or `process`) to exit, forwarding our signals to it;
-/// its shell exit code.
-fn wait_forwarding(
-    cli: &OciCli,
-    id: &str,
-    process: Option<(u32, crate::container::control::ControlClient)>,
-    signals: Option<&SignalWatch>,
-    terminal: bool,
-) -> anyhow::Result<i32> {
-    let dir = StateDir::open(&cli.root, id)?;
-    let (target, mut client) = match process {
-        Some((p, c)) => (p, c),
-        None => {
-            let state = dir.load()?;
-            if state.status == Status::Stopped {
-                return Ok(state.exit.map(|s| s.shell_code()).unwrap_or(137));
-            }
-            match crate::container::control::ControlClient::send(
-                &dir.socket(),
-                &ControlRequest::Wait { process: None },
-                &[],
-            ) {
-                Ok(c) => (INIT_PROCESS, c),
-                Err(_) => return Ok(lifecycle::final_exit(&dir)?.shell_code()),
-            }
-        }
-    };
-    loop {
-        let (conn_ready, sig_ready) = {
-            let mut fds = vec![PollFd::new(client.stream().as_fd(), PollFlags::POLLIN)];
-            if let Some(s) = signals {
-                fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
-            }
-            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(1).is_some_and(ready))
-        };
-        if sig_ready {
-            if let Some(watch) = signals {
-                while let Some(sig) = watch.next() {
-                    let request = if sig == Signal::SIGWINCH {
-                        if !terminal {
-                            continue;
-                        }
-                        let Some((rows, cols)) = terminal::host_window_size() else {
-                            continue;
-                        };
-                        ControlRequest::Resize {
-                            process: target,
-                            rows,
-                            cols,
-                        }
-                    } else {
-                        ControlRequest::Signal {
-                            process: Some(target),
-                            signal: sig as i32,
-                            all: false,
-                        }
-                    };
-                    if let Ok(mut c) =
-                        crate::container::control::ControlClient::send(&dir.socket(), &request, &[])
-                    {
-                        let _ = c.reply();
-                    }
-                }
-            }
-        }
-        if conn_ready {
-            match client.reply() {
-                Ok(ControlReply::Exited { status }) => return Ok(status.shell_code()),
-                Ok(_) => continue,
-                // The monitor ended without answering us.
-                Err(ControlError::Closed | ControlError::Io(_)) if target == INIT_PROCESS => {
-                    return Ok(lifecycle::final_exit(&dir)?.shell_code());
-                }
-                Err(ControlError::Closed | ControlError::Io(_)) => return Ok(137),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
 }
 
 fn exec(cli: &OciCli, args: &ExecArgs) -> anyhow::Result<i32> {
@@ -635,34 +551,14 @@ fn exec(cli: &OciCli, args: &ExecArgs) -> anyhow::Result<i32> {
                 .with_context(|| format!("reading --process {}", path.display()))?;
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
-        None => {
-            if args.args.is_empty() {
-                bail!("exec needs a command (ARGS) or --process");
-            }
-            let mut p = spec.process().clone().unwrap_or_default();
-            p.set_args(Some(args.args.clone()));
-            p.set_terminal(Some(args.tty));
-            if !args.env.is_empty() {
-                let mut env = p.env().clone().unwrap_or_default();
-                for pair in &args.env {
-                    let key = pair.split('=').next().unwrap_or("");
-                    env.retain(|e| e.split('=').next() != Some(key));
-                    env.push(pair.clone());
-                }
-                p.set_env(Some(env));
-            }
-            if let Some(cwd) = &args.cwd {
-                p.set_cwd(PathBuf::from(cwd));
-            }
-            if let Some(user) = &args.user {
-                let (uid, gid) = crate::sandbox::spec::parse_user(user)?;
-                let mut u = p.user().clone();
-                u.set_uid(uid);
-                u.set_gid(gid);
-                p.set_user(u);
-            }
-            p
-        }
+        None => exec_process(
+            &spec,
+            &args.args,
+            args.tty,
+            &args.env,
+            args.cwd.as_deref(),
+            args.user.as_deref(),
+        )?,
     };
     let terminal = process.terminal().unwrap_or(false);
     if terminal {
@@ -722,13 +618,13 @@ fn exec(cli: &OciCli, args: &ExecArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    wait_forwarding(
-        cli,
+    Ok(lifecycle::follow::wait_forwarding(
+        &cli.root,
         &args.id,
         Some((process_id, client)),
         signals.as_ref(),
         terminal,
-    )
+    )?)
 }
 
 fn list(cli: &OciCli, format: &str, quiet: bool) -> anyhow::Result<i32> {
@@ -852,6 +748,45 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         "m" => Duration::from_secs(n * 60),
         _ => bail!("bad interval {text:?}"),
     })
+}
+
+/// The process of an exec: the container's own process (capabilities,
+/// rlimits, environment) with the command and the caller's overrides.
+pub fn exec_process(
+    spec: &Spec,
+    args: &[String],
+    tty: bool,
+    env: &[String],
+    cwd: Option<&str>,
+    user: Option<&str>,
+) -> anyhow::Result<Process> {
+    if args.is_empty() {
+        bail!("exec needs a command");
+    }
+    let mut p = spec.process().clone().unwrap_or_default();
+    p.set_args(Some(args.to_vec()));
+    p.set_terminal(Some(tty));
+    p.set_console_size(None);
+    if !env.is_empty() {
+        let mut all = p.env().clone().unwrap_or_default();
+        for pair in env {
+            let key = pair.split('=').next().unwrap_or("");
+            all.retain(|e| e.split('=').next() != Some(key));
+            all.push(pair.clone());
+        }
+        p.set_env(Some(all));
+    }
+    if let Some(cwd) = cwd {
+        p.set_cwd(PathBuf::from(cwd));
+    }
+    if let Some(user) = user {
+        let (uid, gid) = crate::sandbox::spec::parse_user(user)?;
+        let mut u = p.user().clone();
+        u.set_uid(uid);
+        u.set_gid(gid);
+        p.set_user(u);
+    }
+    Ok(p)
 }
 
 /// A signal by name (`KILL`, `SIGKILL`) or number.
