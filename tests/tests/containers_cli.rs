@@ -211,6 +211,15 @@ fn names_prefixes_kill_rm_f_and_run_d_rm() {
         text(&o.stderr)
     );
 
+    // The image's layers are in use: image rm refuses and says by whom.
+    let o = out(&env, &["image", "rm", "busybox:latest"]);
+    assert_ne!(o.status.code(), Some(0), "image rm of an image in use");
+    assert!(
+        text(&o.stderr).contains("in use") && text(&o.stderr).contains(&a),
+        "{}",
+        text(&o.stderr)
+    );
+
     let o = out(&env, &["rm", "one"]);
     assert_ne!(o.status.code(), Some(0), "rm of a running container");
     assert!(text(&o.stderr).contains("running"), "{}", text(&o.stderr));
@@ -236,6 +245,14 @@ fn names_prefixes_kill_rm_f_and_run_d_rm() {
     // rm -f of a running container.
     run_d(&env, &["--name", "two", "busybox", "sleep", "1000"]);
     ok(&env, &["rm", "-f", "two"]);
+
+    // Nothing uses the image any more.
+    ok(&env, &["image", "rm", "busybox:latest"]);
+    let archive = env.store.root().join("busybox-again.tar");
+    let image =
+        husk_e2e::fixtures::build(&husk_e2e::fixtures::busybox(Some("busybox:latest")).unwrap());
+    husk_e2e::fixtures::write(&[image], husk_e2e::fixtures::Format::Docker, &archive).unwrap();
+    env.store.import(&archive, &[]);
 
     // --rm with -d: gone once it exits.
     let b = run_d(&env, &["--rm", "busybox", "sleep", "2"]);
