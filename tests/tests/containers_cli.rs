@@ -137,6 +137,42 @@ fn run_d_ps_exec_logs_stop_rm() {
         ],
     );
     assert_eq!(text(&o.stdout), "v /tmp 1000\n", "{}", text(&o.stderr));
+    // User and group names resolve through the image's /etc/passwd and
+    // /etc/group, as docker does.
+    let o = out(
+        &env,
+        &[
+            "exec",
+            "-u",
+            "user",
+            "web",
+            "sh",
+            "-c",
+            "echo $(id -u):$(id -g)",
+        ],
+    );
+    assert_eq!(text(&o.stdout), "1000:1000\n", "{}", text(&o.stderr));
+    let o = out(
+        &env,
+        &[
+            "exec",
+            "-u",
+            "user:root",
+            "web",
+            "sh",
+            "-c",
+            "echo $(id -u):$(id -g)",
+        ],
+    );
+    assert_eq!(text(&o.stdout), "1000:0\n", "{}", text(&o.stderr));
+    let o = out(&env, &["exec", "-u", "nosuchuser", "web", "true"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        text(&o.stderr).contains("unable to find user nosuchuser"),
+        "{}",
+        text(&o.stderr)
+    );
+
     // exec -i forwards stdin.
     let mut child = husk(&env, &["exec", "-i", "web", "cat"])
         .stdin(Stdio::piped())

@@ -311,3 +311,32 @@ fn hooks_run_with_the_state_on_stdin() {
     }
     env.assert_clean();
 }
+
+#[test]
+fn features_spec_and_events() {
+    let env = oci_env!();
+    let features: serde_json::Value =
+        serde_json::from_str(&env.ok(Rt::Husk, &["features"])).expect("features JSON");
+    assert!(features["ociVersionMax"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("1.")));
+    assert!(features["hooks"].as_array().is_some_and(|h| h.len() == 6));
+    assert!(features["annotations"]["io.husk.ignored"]
+        .as_str()
+        .is_some_and(|t| t.contains("--systemd-cgroup")));
+    // spec refuses to overwrite, like runc.
+    let bundle = env.bundle("specced", &["sleep", "1000"], |_| {});
+    for rt in env.runtimes() {
+        let out = env.run(rt, &["spec", "--bundle", bundle.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{rt:?}");
+    }
+    env.create(Rt::Husk, "ev", &bundle, &[]);
+    env.ok(Rt::Husk, &["start", "ev"]);
+    let line = env.ok(Rt::Husk, &["events", "--stats", "ev"]);
+    let event: serde_json::Value = serde_json::from_str(line.trim()).expect("event JSON");
+    assert_eq!(event["type"], "stats");
+    assert_eq!(event["id"], "ev");
+    assert!(event["data"].is_object(), "{event}");
+    env.ok(Rt::Husk, &["delete", "--force", "ev"]);
+    env.assert_clean();
+}

@@ -780,10 +780,24 @@ pub fn exec_process(
         p.set_cwd(PathBuf::from(cwd));
     }
     if let Some(user) = user {
-        let (uid, gid) = crate::sandbox::spec::parse_user(user)?;
+        use crate::sandbox::spec::{parse_user, validate_user_name, SpecError};
         let mut u = p.user().clone();
-        u.set_uid(uid);
-        u.set_gid(gid);
+        u.set_additional_gids(None);
+        match parse_user(user) {
+            Ok((uid, gid)) => {
+                u.set_uid(uid);
+                u.set_gid(gid);
+                u.set_username(None);
+            }
+            // Resolved in the guest against the container's /etc/passwd.
+            Err(SpecError::UserName(_)) => {
+                validate_user_name(user)?;
+                u.set_uid(0);
+                u.set_gid(0);
+                u.set_username(Some(user.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
         p.set_user(u);
     }
     Ok(p)
