@@ -340,3 +340,37 @@ fn features_spec_and_events() {
     env.ok(Rt::Husk, &["delete", "--force", "ev"]);
     env.assert_clean();
 }
+
+#[test]
+fn two_creates_racing_on_one_id_leave_one_container() {
+    let env = oci_env!();
+    let bundle = env.bundle("race", &["sleep", "1000"], |_| {});
+    let b = bundle.to_str().unwrap();
+    let spawn = |tag: &str| {
+        let mut cmd = env.command(Rt::Husk, &["create", "--bundle", b, "racer"]);
+        cmd.stderr(std::fs::File::create(env.dir.path().join(format!("race-{tag}.err"))).unwrap());
+        cmd.spawn().unwrap()
+    };
+    let (one, two) = (spawn("a"), spawn("b"));
+    let results: Vec<_> = [one, two]
+        .into_iter()
+        .map(|c| oci_support::wait_with_timeout(c, oci_support::TIMEOUT, &["create racer"]))
+        .collect();
+    let won = results.iter().filter(|o| o.status.success()).count();
+    assert_eq!(
+        won,
+        1,
+        "exactly one create wins: {:?}",
+        results.iter().map(|o| o.status).collect::<Vec<_>>()
+    );
+    let errors = ["a", "b"]
+        .map(|t| {
+            std::fs::read_to_string(env.dir.path().join(format!("race-{t}.err")))
+                .unwrap_or_default()
+        })
+        .join("\n");
+    assert!(errors.contains("already exists"), "{errors}");
+    assert_eq!(env.status(Rt::Husk, "racer"), "created");
+    env.ok(Rt::Husk, &["delete", "racer"]);
+    env.assert_clean();
+}
