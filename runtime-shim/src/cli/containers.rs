@@ -119,7 +119,7 @@ pub struct ExecArgs {
     pub env: Vec<String>,
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
-    /// UID[:GID], numeric.
+    /// `USER[:GROUP]`, names or numbers (names through the image's /etc/passwd).
     #[arg(short = 'u', long)]
     pub user: Option<String>,
     pub container: String,

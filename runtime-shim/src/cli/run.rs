@@ -50,7 +50,7 @@ pub struct RunArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
-    /// User as UID[:GID].
+    /// User as `USER[:GROUP]`: numbers, or names from the image's /etc/passwd and /etc/group.
     #[arg(short = 'u', long)]
     pub user: Option<String>,
     /// Container host name (default: the start of its ID).

@@ -2,7 +2,7 @@
 //! the containerd shim) drive.
 //!
 //! - [`instance`]: the core, one container in one VM, phase by phase;
-//! - [`state`]: statuses and their transitions (checked in one place), the
+//! - [`state`](mod@state): statuses and their transitions (checked in one place), the
 //!   state directory (`state.json`, locks);
 //! - [`monitor`]: the per-container process that owns the VM so that the
 //!   container outlives the command that created it;

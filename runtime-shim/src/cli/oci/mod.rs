@@ -173,7 +173,7 @@ pub struct ExecArgs {
     pub env: Vec<String>,
     #[arg(long)]
     pub cwd: Option<String>,
-    /// UID[:GID], numeric.
+    /// `UID[:GID]`, numeric (names resolve through the container's /etc/passwd).
     #[arg(short = 'u', long)]
     pub user: Option<String>,
     #[arg(short = 'd', long)]

@@ -1,333 +1,33 @@
-//! The per-container monitor: the process that owns a container's VM and
-//! its agent connection, so that the container lives on after the command
-//! that created it returns.
-//!
-//! Started by [`spawn`] as `<husk binary> __monitor <state dir> <log level>`,
-//! detached (own session, stdout and stderr to `monitor.log`). It holds the
-//! state directory's monitor lock for its whole life (its liveness), boots
-//! the VM and creates the container ([`Instance`]), reports to its starter
-//! over a pipe, then serves the control socket ([`super::control`]) and the
-//! container's stdio until the init process exits or the container is
-//! deleted. Then it writes the final state (`stopped`), powers the VM off
-//! and exits.
-//!
-//! The VM program dies with the monitor (it is spawned with
-//! PR_SET_PDEATHSIG), so killing the monitor, even with SIGKILL, leaves no
-//! VM; readers then see the container as stopped (see [`super::state`]).
-//! Signals sent to the monitor (it is the container's `pid`) are forwarded
-//! to the container's init, as they would reach runc's container process.
+//! The monitor's life once started: boot and create, report to the
+//! starter, then the event loop (agent frames, control requests, stdin,
+//! signals) until the container is done.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 use husk_protocol::{
-    CreateContainer, Event, ExecProcess, ExitStatus, Frame, ProcessId, ProtocolError, RecvWindow,
-    Response, SendCredit, Stream,
+    Event, ExecProcess, ExitStatus, Frame, ProcessId, ProtocolError, Response, SendCredit, Stream,
 };
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use serde::{Deserialize, Serialize};
 
-use super::control::{self, ControlReply, ControlRequest, Received};
-use super::instance::{Instance, StartError, INIT_PROCESS};
-use super::state::{transition, Op, State, StateDir, Status};
+use super::console::pty_proc;
+use super::output::{Proc, Sink};
+use super::{dup_high, InitStdio, MonitorConfig, Ready, INHERITED_FDS, REQUEST_TIMEOUT};
+use crate::container::control::{self, ControlReply, ControlRequest, Received};
+use crate::container::instance::{Instance, StartError, INIT_PROCESS};
+use crate::container::state::{transition, Op, State, StateDir, Status};
 use crate::sandbox::agent_client::{AgentError, TICK};
 use crate::sandbox::backend::{DiskConfig, VmConfig};
 use crate::sandbox::launch::exec_failure_code;
 use crate::sandbox::rundir::RunDir;
 use crate::sandbox::select::{self, Plan};
 use crate::sandbox::signals::{SignalWatch, FORWARDED};
-
-/// The argument that turns a husk binary into a monitor.
-pub const MONITOR_ARG: &str = "__monitor";
-
-/// Descriptor numbers in the monitor: the ready pipe, then the inherited
-/// stdin, stdout and stderr of the container's init.
-const READY_FD: RawFd = 3;
-const INHERITED_FDS: [RawFd; 3] = [4, 5, 6];
-
-/// A client has this long to send its request once connected.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The container's log is cut back to half when it grows past this.
-const MAX_CONTAINER_LOG: u64 = 16 << 20;
-
-/// Everything the monitor needs, written by its starter to `monitor.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MonitorConfig {
-    /// [`Plan::as_str`] of the backend picked by the starter.
-    pub backend: String,
-    pub kernel: PathBuf,
-    pub initramfs: PathBuf,
-    pub disks: Vec<DiskSpec>,
-    pub vcpus: u32,
-    pub memory_mib: u32,
-    pub create: CreateContainer,
-    pub stdio: InitStdio,
-    /// The state to publish once created (status and pids are filled in).
-    pub state: State,
-    /// Remove the container (state and name) once it has stopped.
-    #[serde(default)]
-    pub auto_remove: bool,
-}
-
-/// A [`DiskConfig`] that can be written down.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiskSpec {
-    pub path: PathBuf,
-    pub read_only: bool,
-    pub serial: String,
-}
-
-impl From<&DiskConfig> for DiskSpec {
-    fn from(d: &DiskConfig) -> Self {
-        DiskSpec {
-            path: d.path.clone(),
-            read_only: d.read_only,
-            serial: d.serial.clone(),
-        }
-    }
-}
-
-/// Where the init process's stdio goes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InitStdio {
-    /// The starter's stdin, stdout and stderr (passed down to the monitor).
-    Inherited,
-    /// A terminal whose master is sent to this Unix socket (SCM_RIGHTS).
-    ConsoleSocket(PathBuf),
-    /// `container.log` in the state directory (stdin closed).
-    Log,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MonitorError {
-    #[error("starting the container's monitor: {0}")]
-    Spawn(io::Error),
-    #[error("writing {path}: {source}")]
-    Config { path: PathBuf, source: io::Error },
-    #[error("{0}")]
-    Failed(String),
-    #[error("the container's monitor died before the container was created; its log:\n{0}")]
-    Died(String),
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Ready {
-    Ok { pid: i32, vmm_pid: i32 },
-    Error { message: String },
-}
-
-/// Starts the monitor of the container in `dir` and waits until the
-/// container is created (or failed). With [`InitStdio::Inherited`], the
-/// caller's stdin, stdout and stderr become the init's. Returns the
-/// monitor's child handle (its parent may wait for it) and its pid.
-pub fn spawn(
-    dir: &StateDir,
-    config: &MonitorConfig,
-    log_level: &str,
-) -> Result<(Child, i32), MonitorError> {
-    let config_path = dir.monitor_config();
-    let bytes = serde_json::to_vec_pretty(config).map_err(|e| MonitorError::Config {
-        path: config_path.clone(),
-        source: e.into(),
-    })?;
-    fs::write(&config_path, bytes).map_err(|source| MonitorError::Config {
-        path: config_path.clone(),
-        source,
-    })?;
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(dir.monitor_log())
-        .map_err(MonitorError::Spawn)?;
-    let log_err = log.try_clone().map_err(MonitorError::Spawn)?;
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| MonitorError::Spawn(e.into()))?;
-    // Every source of a dup2 below is numbered 10 or above, clear of 3..=6.
-    let ready_w = {
-        let high = dup_high(ready_w.as_raw_fd()).map_err(MonitorError::Spawn)?;
-        drop(ready_w);
-        high
-    };
-    let inherited: Vec<OwnedFd> = if matches!(config.stdio, InitStdio::Inherited) {
-        [0, 1, 2]
-            .iter()
-            .map(|&fd| dup_high(fd))
-            .collect::<io::Result<_>>()
-            .map_err(MonitorError::Spawn)?
-    } else {
-        Vec::new()
-    };
-    let exe = std::env::current_exe().map_err(MonitorError::Spawn)?;
-    let mut command = Command::new(exe);
-    command
-        .arg(MONITOR_ARG)
-        .arg(dir.path())
-        .arg(log_level)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err));
-    let ready_raw = ready_w.as_raw_fd();
-    let inherited_raw: Vec<RawFd> = inherited.iter().map(|f| f.as_raw_fd()).collect();
-    // SAFETY: between fork and exec only async-signal-safe calls (setsid,
-    // dup2) on descriptors that are open in the parent.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::dup2(ready_raw, READY_FD) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            for (src, dst) in inherited_raw.iter().zip(INHERITED_FDS) {
-                if libc::dup2(*src, dst) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().map_err(MonitorError::Spawn)?;
-    drop(ready_w);
-    drop(inherited);
-    let mut text = String::new();
-    let read = File::from(ready_r).read_to_string(&mut text);
-    let line = text.lines().next().unwrap_or("");
-    match (read, serde_json::from_str::<Ready>(line)) {
-        (Ok(_), Ok(Ready::Ok { pid, .. })) => Ok((child, pid)),
-        (_, Ok(Ready::Error { message })) => {
-            let _ = child.wait();
-            Err(MonitorError::Failed(message))
-        }
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = fs::read_to_string(dir.monitor_log()).unwrap_or_default();
-            Err(MonitorError::Died(log.trim_end().to_string()))
-        }
-    }
-}
-
-/// A close-on-exec copy of `fd` numbered 10 or above (clear of the
-/// numbers the monitor's descriptors are moved to).
-fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we then own.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `new` was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
-
-/// Runs the monitor if the process was started as one (`argv[1]` is
-/// [`MONITOR_ARG`]); returns its exit code. Binaries call this first.
-pub fn dispatch() -> Option<i32> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) != Some(MONITOR_ARG) {
-        return None;
-    }
-    let dir = PathBuf::from(args.get(2)?);
-    let level = args.get(3).cloned().unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    Some(main(&dir))
-}
-
-fn main(dir: &Path) -> i32 {
-    // Our descriptors must not leak into the VM program.
-    for fd in std::iter::once(READY_FD).chain(INHERITED_FDS) {
-        // SAFETY: F_SETFD on a descriptor number; EBADF if it is not open.
-        unsafe {
-            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-    }
-    // SAFETY: READY_FD was set up by our starter for us alone.
-    let mut ready = unsafe { File::from_raw_fd(READY_FD) };
-    let report = |ready: &mut File, msg: Ready| {
-        if let Ok(mut line) = serde_json::to_vec(&msg) {
-            line.push(b'\n');
-            let _ = ready.write_all(&line);
-        }
-    };
-    match serve(dir, &mut ready, report) {
-        Ok(()) => 0,
-        Err(message) => {
-            tracing::error!("{message}");
-            1
-        }
-    }
-}
-
-/// Output of one process to the host.
-struct Sink {
-    target: Option<File>,
-    window: RecvWindow,
-    /// Bytes written to a log target, for its bound.
-    logged: Option<(PathBuf, u64)>,
-}
-
-impl Sink {
-    fn new(target: Option<File>) -> Self {
-        Sink {
-            target,
-            window: RecvWindow::new(),
-            logged: None,
-        }
-    }
-
-    fn write(&mut self, data: &[u8]) {
-        let Some(file) = &mut self.target else {
-            return;
-        };
-        if let Err(e) = write_all(file.as_fd(), data) {
-            tracing::info!(error = %e, "container output no longer taken; discarding it");
-            self.target = None;
-            return;
-        }
-        if let Some((path, written)) = &mut self.logged {
-            *written += data.len() as u64;
-            if *written > MAX_CONTAINER_LOG {
-                *written = trim_log(path, MAX_CONTAINER_LOG / 2);
-            }
-        }
-    }
-}
-
-/// Keeps the last `keep` bytes of a log (in place); returns its new size.
-fn trim_log(path: &Path, keep: u64) -> u64 {
-    let Ok(data) = fs::read(path) else { return 0 };
-    let start = data.len().saturating_sub(keep as usize);
-    let tail = &data[start..];
-    // The file is open in append mode by the sink, so rewriting it in place
-    // keeps later writes at its (new) end.
-    if fs::write(path, tail).is_err() {
-        return data.len() as u64;
-    }
-    tail.len() as u64
-}
-
-/// One process of the container, host side.
-struct Proc {
-    stdin: Option<OwnedFd>,
-    stdin_credit: SendCredit,
-    stdout: Sink,
-    stderr: Sink,
-}
 
 struct Monitor {
     dir: StateDir,
@@ -344,7 +44,11 @@ struct Monitor {
     auto_remove: bool,
 }
 
-fn serve(dir: &Path, ready: &mut File, report: impl Fn(&mut File, Ready)) -> Result<(), String> {
+pub(super) fn serve(
+    dir: &Path,
+    ready: &mut File,
+    report: impl Fn(&mut File, Ready),
+) -> Result<(), String> {
     let id = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -492,57 +196,6 @@ fn dev_null() -> OwnedFd {
     File::open("/dev/null")
         .map(OwnedFd::from)
         .unwrap_or_else(|_| dup_high(0).expect("a descriptor"))
-}
-
-/// A host pty pair for a container terminal: the master goes to the
-/// console socket, the (raw) slave carries the process's stdio.
-fn pty_proc(socket: &Path) -> Result<(Proc, OwnedFd), String> {
-    let pty = nix::pty::openpty(None, None).map_err(|e| format!("opening a pty: {e}"))?;
-    // The guest's pty does the line discipline; the host pair only carries
-    // bytes.
-    if let Ok(mut attrs) = nix::sys::termios::tcgetattr(&pty.slave) {
-        nix::sys::termios::cfmakeraw(&mut attrs);
-        let _ =
-            nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &attrs);
-    }
-    let name = fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "/dev/pts".into());
-    send_console(socket, pty.master.as_fd(), &name).map_err(|e| {
-        format!(
-            "sending the terminal to the console socket {}: {e}",
-            socket.display()
-        )
-    })?;
-    let slave_in = pty
-        .slave
-        .try_clone()
-        .map_err(|e| format!("duplicating the pty: {e}"))?;
-    Ok((
-        Proc {
-            stdin: Some(slave_in),
-            stdin_credit: SendCredit::new(),
-            stdout: Sink::new(Some(File::from(pty.slave))),
-            stderr: Sink::new(None),
-        },
-        pty.master,
-    ))
-}
-
-/// Sends `master` over the Unix socket at `path` with SCM_RIGHTS, its name
-/// as the payload (what runc's console-socket receivers expect).
-pub fn send_console(path: &Path, master: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    let stream = UnixStream::connect(path)?;
-    let iov = [io::IoSlice::new(name.as_bytes())];
-    let fds = [master.as_raw_fd()];
-    nix::sys::socket::sendmsg::<nix::sys::socket::UnixAddr>(
-        stream.as_raw_fd(),
-        &iov,
-        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
-        nix::sys::socket::MsgFlags::empty(),
-        None,
-    )?;
-    Ok(())
 }
 
 impl Monitor {
@@ -969,58 +622,12 @@ impl Monitor {
         inst.shutdown();
         if auto_remove {
             if let (Some(name), Some(root)) = (&state.name, dir.path().parent()) {
-                super::names::release(root, name, &dir.id);
+                crate::container::names::release(root, name, &dir.id);
             }
             if let Err(e) = dir.remove() {
                 tracing::warn!(error = %e, "removing the container");
             }
         }
         tracing::info!("monitor done");
-    }
-}
-
-/// Writes all of `data` to a blocking or non-blocking fd.
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match nix::unistd::write(fd, data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(nix::Error::EINTR) => {}
-            Err(nix::Error::EAGAIN) => {
-                let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-                let _ = nix::poll::poll(
-                    &mut fds,
-                    PollTimeout::try_from(TICK).unwrap_or(PollTimeout::ZERO),
-                );
-            }
-            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
-        }
-    }
-    Ok(())
-}
-
-/// Waits up to `timeout` for process `pid` (not our child) to end; true if
-/// it has.
-pub fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
-    if raw < 0 {
-        return io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-    }
-    // SAFETY: `raw` is a descriptor the kernel just gave us.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        match nix::poll::poll(
-            &mut fds,
-            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(n) if n > 0 => return true,
-            Ok(_) => return false,
-            Err(nix::Error::EINTR) => continue,
-            Err(_) => return false,
-        }
     }
 }
