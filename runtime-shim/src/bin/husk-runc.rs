@@ -31,10 +31,31 @@ fn main() {
             .with_writer(std::io::stderr)
             .init(),
     }
+    // runc's callers (containerd's shim) read the last error from the log
+    // file as a JSON line with --log-format json.
+    let json_log = (cli.log_format == "json")
+        .then(|| cli.log.clone())
+        .flatten();
     match oci::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("husk-runc: {e:#}");
+            let message = format!("{e:#}");
+            eprintln!("husk-runc: {message}");
+            if let Some(path) = json_log {
+                let line = serde_json::json!({
+                    "level": "error",
+                    "msg": message,
+                    "time": husk::container::state::now_rfc3339(),
+                });
+                if let Ok(mut file) = std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
+            }
             std::process::exit(1);
         }
     }

@@ -44,7 +44,8 @@ pub struct OciCli {
     /// Log file (default: stderr).
     #[arg(long, global = true)]
     pub log: Option<PathBuf>,
-    /// Log format: text or json (json is accepted and written as text).
+    /// Log format: text or json (with json, the error that ends a command
+    /// is appended to --log as a JSON line, as runc's callers read it).
     #[arg(long = "log-format", global = true, default_value = "text")]
     pub log_format: String,
     /// Debug logging.
@@ -837,7 +838,7 @@ fn features() -> serde_json::Value {
         },
         "annotations": {
             "io.husk.vm": "every container runs in its own microVM; the pid is the container's monitor",
-            "io.husk.ignored": "--systemd-cgroup, --no-pivot, --no-new-keyring, --log-format json (written as text), hooks run on the host (createContainer and startContainer too)",
+            "io.husk.ignored": "--systemd-cgroup, --no-pivot, --no-new-keyring, --log-format json (only the final error is a JSON line), hooks run on the host (createContainer and startContainer too)",
             "io.husk.rootfs": "the rootfs directory becomes a read-only erofs disk; container writes stay in the VM"
         }
     })
