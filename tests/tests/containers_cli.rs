@@ -353,3 +353,55 @@ fn exec_it_under_a_pty() {
     ok(&env, &["rm", "-f", "tty"]);
     assert_no_containers(&env);
 }
+
+#[test]
+fn foreground_runs_are_kept_unless_rm_and_share_the_names() {
+    let env = run_env!();
+    let o = env.run(&["--name", "fg1", "busybox", "sh", "-c", "echo hi; exit 3"]);
+    run_support::assert_code(&o, 3);
+    assert_eq!(text(&o.stdout), "hi\n");
+    let ps = ok(&env, &["ps", "-a"]);
+    assert!(ps.contains("fg1") && ps.contains("Exited (3)"), "{ps}");
+    assert_eq!(inspect(&env, "fg1")["State"]["ExitCode"], 3);
+    // The name is taken until the container is removed.
+    let o = env.run(&["--name", "fg1", "busybox", "true"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        text(&o.stderr).contains("already in use"),
+        "{}",
+        text(&o.stderr)
+    );
+    ok(&env, &["rm", "fg1"]);
+    run_support::assert_code(&env.run(&["--rm", "--name", "fg1", "busybox", "true"]), 0);
+    assert!(ok(&env, &["ps", "-a", "-q"]).trim().is_empty());
+
+    // A running foreground container is listed, and stop reaches it.
+    let mut cmd = env.command(&[
+        "--name",
+        "fg2",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'exit 7' TERM; echo ready; while true; do sleep 1; done",
+    ]);
+    let mut child = cmd.spawn().unwrap();
+    // Wait for the container's first output: it is running then.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    let ps = ok(&env, &["ps"]);
+    assert!(ps.contains("fg2") && ps.contains("Up"), "{ps}");
+    let o = out(&env, &["exec", "fg2", "true"]);
+    assert!(
+        text(&o.stderr).contains("foreground"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(ok(&env, &["stop", "-t", "30", "fg2"]).trim(), "fg2");
+    let o = run_support::wait_with_timeout(child, run_support::RUN_TIMEOUT, &["run fg2"]);
+    assert_eq!(o.status.code(), Some(7));
+    assert!(ok(&env, &["ps", "-a"]).contains("Exited (7)"));
+    ok(&env, &["rm", "fg2"]);
+    assert_no_containers(&env);
+}

@@ -91,6 +91,91 @@ pub fn run_detached(
     Ok(0)
 }
 
+/// A container run in the foreground by `husk run` (without -d): recorded
+/// so that `ps`, `inspect`, `stop`, `kill` and `rm` see it. The `husk`
+/// process itself stands for it (it holds the monitor lock while it runs:
+/// signals sent to it reach the container); it has no control socket, so
+/// `exec` needs a container started with -d.
+pub struct Foreground {
+    root: PathBuf,
+    id: String,
+    name: Option<String>,
+    remove: bool,
+    dir: Option<StateDir>,
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl Foreground {
+    pub fn begin(store: &Path, launch: &Launch, remove: bool) -> anyhow::Result<Self> {
+        let root = root(store);
+        let id = launch::new_container_id();
+        if let Some(name) = &launch.name {
+            names::claim(&root, name, &id)?;
+        }
+        let mut record = Foreground {
+            root: root.clone(),
+            id: id.clone(),
+            name: launch.name.clone(),
+            remove,
+            dir: None,
+            _lock: None,
+        };
+        if remove {
+            return Ok(record);
+        }
+        let dir = StateDir::create(&root, &id).inspect_err(|_| {
+            if let Some(name) = &launch.name {
+                names::release(&root, name, &id);
+            }
+        })?;
+        let lock = dir.take_monitor_lock()?;
+        let state = State {
+            id: id.clone(),
+            status: Status::Running,
+            pid: Some(std::process::id() as i32),
+            vmm_pid: None,
+            bundle: PathBuf::new(),
+            annotations: Default::default(),
+            created: now_rfc3339(),
+            exit: None,
+            name: launch.name.clone(),
+            image: Some(launch.image.clone()),
+            command: launch.options.command.clone(),
+            backend: String::new(),
+            owner: String::new(),
+        };
+        dir.save(&state)?;
+        record.dir = Some(dir);
+        record._lock = lock;
+        Ok(record)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The run ended with `code`: the record becomes a stopped container
+    /// (or goes, with --rm).
+    pub fn finish(self, code: i32) {
+        if let Some(dir) = &self.dir {
+            if let Ok(mut state) = dir.read_raw() {
+                state.status = Status::Stopped;
+                state.exit = Some(if code > 128 {
+                    husk_protocol::ExitStatus::signaled(code - 128)
+                } else {
+                    husk_protocol::ExitStatus::exited(code)
+                });
+                let _ = dir.save(&state);
+            }
+        }
+        if self.remove {
+            if let Some(name) = &self.name {
+                names::release(&self.root, name, &self.id);
+            }
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct PsArgs {
     /// Show stopped containers too.
@@ -184,6 +269,24 @@ fn status_text(state: &State) -> String {
     }
 }
 
+/// Signals a container: through its monitor, or, for a container run in
+/// the foreground, to the `husk` process that runs it (which forwards
+/// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2 to the container; SIGKILL
+/// ends it and its VM).
+fn signal(root: &Path, id: &str, signal: i32) -> anyhow::Result<()> {
+    let dir = StateDir::open(root, id)?;
+    if dir.monitor_config().exists() {
+        return Ok(lifecycle::kill(root, id, signal, false)?);
+    }
+    let state = dir.load()?;
+    crate::container::state::transition(state.status, Op::Signal)?;
+    let pid = state.pid.unwrap_or(0);
+    let sig = nix::sys::signal::Signal::try_from(signal)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+        .with_context(|| format!("signalling pid {pid}"))?;
+    Ok(())
+}
+
 pub fn ps(store: &Path, args: PsArgs) -> anyhow::Result<i32> {
     let all: Vec<State> = lifecycle::list(&root(store))
         .into_iter()
@@ -246,6 +349,13 @@ pub fn exec(store: &Path, args: ExecArgs) -> anyhow::Result<i32> {
     let root = root(store);
     let id = resolve(store, &args.container)?;
     let dir = StateDir::open(&root, &id)?;
+    crate::container::state::transition(dir.load()?.status, Op::Exec)?;
+    if !dir.monitor_config().exists() {
+        bail!(
+            "container {} was run in the foreground (`husk run` without -d): exec needs a container started with `husk run -d`",
+            args.container
+        );
+    }
     let bytes =
         std::fs::read(dir.monitor_config()).context("reading the container's configuration")?;
     let config: MonitorConfig = serde_json::from_slice(&bytes)?;
@@ -362,10 +472,12 @@ pub fn stop(store: &Path, args: StopArgs) -> anyhow::Result<i32> {
             if state.status == Status::Paused {
                 lifecycle::resume(&root, &id)?;
             }
-            let _ = lifecycle::kill(&root, &id, libc::SIGTERM, false);
+            // A foreground run forwards SIGTERM; the husk process itself
+            // ends once its container has.
+            let _ = signal(&root, &id, libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(args.time);
             if !monitor::wait_pid_gone(pid, deadline.saturating_duration_since(Instant::now())) {
-                let _ = lifecycle::kill(&root, &id, libc::SIGKILL, false);
+                let _ = signal(&root, &id, libc::SIGKILL);
                 if !monitor::wait_pid_gone(pid, Duration::from_secs(30)) {
                     bail!("container {what} did not stop");
                 }
@@ -388,8 +500,7 @@ pub fn kill(store: &Path, args: KillArgs) -> anyhow::Result<i32> {
     let root = root(store);
     let mut failed = false;
     for what in &args.containers {
-        let result = resolve(store, what)
-            .and_then(|id| lifecycle::kill(&root, &id, signal, false).map_err(Into::into));
+        let result = resolve(store, what).and_then(|id| self::signal(&root, &id, signal));
         match result {
             Ok(()) => println!("{what}"),
             Err(e) => {

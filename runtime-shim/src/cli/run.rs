@@ -13,9 +13,8 @@ const MIN_MEMORY_BYTES: u64 = 6 << 20;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Remove the container when it exits. A foreground run is always
-    /// removed (it keeps no state); with -d the container stays until
-    /// `husk rm` unless --rm.
+    /// Remove the container when it exits (else it stays, stopped, for
+    /// `husk ps -a`, `inspect` and `rm`, as with docker).
     #[arg(long)]
     pub rm: bool,
     /// Run in the background under a monitor: print the container's ID and
@@ -128,10 +127,22 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         backend: args.backend,
         kernel: args.kernel,
         vcpus,
+        id: None,
     };
     if detach {
         return super::containers::run_detached(store, launch, remove, "info");
     }
+    // The run stays in this process; like docker, a container run without
+    // --rm is kept (stopped) for `ps -a`, `inspect` and `rm`.
+    let mut launch = launch;
+    let record = super::containers::Foreground::begin(store, &launch, remove)?;
+    launch.id = Some(record.id().to_string());
+    let result = foreground(store, launch);
+    record.finish(*result.as_ref().unwrap_or(&125));
+    result
+}
+
+fn foreground(store: &Path, launch: Launch) -> anyhow::Result<i32> {
     match launch::run(store, launch) {
         Ok(Outcome::Exited(code)) => Ok(code),
         Ok(Outcome::StartFailed { code, error }) => {

@@ -209,12 +209,22 @@ fn stop_monitor(dir: &StateDir, force: bool) -> Result<(), ContainerError> {
     // waiting for it to exit is all there is to do then.
     let asked = ControlClient::send(&dir.socket(), &ControlRequest::Delete { force }, &[])
         .and_then(|mut client| client.reply());
-    match asked {
-        Ok(_) => {}
+    let answered = match asked {
+        Ok(_) => true,
         Err(ControlError::Refused(message)) => return Err(ControlError::Refused(message).into()),
-        Err(e) => tracing::debug!(error = %e, "monitor not answering; waiting for it"),
-    }
-    if !monitor::wait_pid_gone(pid, MONITOR_EXIT_TIMEOUT) && dir.monitor_alive() {
+        Err(e) => {
+            tracing::debug!(error = %e, "monitor not answering");
+            false
+        }
+    };
+    // Forced, and nobody answers (no control socket: a foreground run):
+    // no point in waiting before SIGKILL.
+    let patience = if answered || !force {
+        MONITOR_EXIT_TIMEOUT
+    } else {
+        Duration::ZERO
+    };
+    if !monitor::wait_pid_gone(pid, patience) && dir.monitor_alive() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,

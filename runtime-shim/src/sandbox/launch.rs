@@ -73,6 +73,8 @@ pub struct Launch {
     pub backend: BackendChoice,
     pub kernel: Option<PathBuf>,
     pub vcpus: u32,
+    /// The container's ID (a new random one when `None`).
+    pub id: Option<String>,
 }
 
 /// How it ended when the container got as far as its command.
@@ -221,7 +223,7 @@ pub fn prepare(
     let image = store.resolve(&launch.image)?;
     let (disks, layers) = image_disks(&image, selected)?;
 
-    let container_id = new_container_id();
+    let container_id = launch.id.clone().unwrap_or_else(new_container_id);
     let mut options = launch.options.clone();
     if options.hostname.is_empty() {
         options.hostname = container_id[..12].to_string();
