@@ -232,6 +232,56 @@ fn console_socket_gets_the_terminal() {
             "{rt:?}: no echo in {seen:?}"
         );
         assert!(seen.contains("tty-42"), "{rt:?}: {seen:?}");
+
+        // exec --tty --detach sends its own terminal to a console socket.
+        let socket = env.dir.path().join(format!("exec-console-{rt:?}.sock"));
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let accepter = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            tx.send(receive_fd(&stream)).unwrap();
+        });
+        let (status, _, err) = env.run_files(
+            rt,
+            &[
+                "exec",
+                "--tty",
+                "--detach",
+                "--console-socket",
+                socket.to_str().unwrap(),
+                id,
+                "sh",
+                "-c",
+                "echo exec-tty-$((6*7)); [ -t 0 ] && [ -t 1 ] && echo on-a-tty; sleep 1000",
+            ],
+        );
+        assert!(status.success(), "{rt:?}: exec --tty: {err}");
+        accepter.join().unwrap();
+        let mut exec_pty = std::fs::File::from(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = exec_pty.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&seen).contains("on-a-tty") {
+                    break;
+                }
+            }
+            let _ = done_tx.send(seen);
+        });
+        let seen = text(
+            &done_rx
+                .recv_timeout(oci_support::TIMEOUT)
+                .expect("exec terminal output"),
+        );
+        assert!(
+            seen.contains("exec-tty-42") && seen.contains("on-a-tty"),
+            "{rt:?}: {seen:?}"
+        );
         env.ok(rt, &["delete", "--force", id]);
     }
     env.assert_clean();
