@@ -66,10 +66,7 @@ fn main() {
     // Rust ignores SIGPIPE, so `husk image ls | head` would panic in println!.
     // Listing commands die quietly like any Unix filter; `husk run` keeps
     // SIGPIPE ignored because it must tear its VM down (it reports 141 itself).
-    if !matches!(
-        cli.command,
-        Command::Run(_) | Command::Exec(_) | Command::Logs(_)
-    ) {
+    if !matches!(cli.command, Command::Run(_)) {
         // SAFETY: resetting a signal disposition to its default has no
         // preconditions; no handler of ours is replaced.
         unsafe {
