@@ -1,9 +1,16 @@
 //! Following a process of a running container from the command that
 //! started it: its exit status, with the command's own signals forwarded
 //! to it (and its window size, for a terminal).
+//!
+//! A detached exec gets a waiter: a small detached process that follows
+//! the exec'd process the same way and exits with its status, so that the
+//! pid written by `exec --detach --pid-file` stands for that process (who
+//! waits on it learns its exit; who signals it signals the process).
 
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
@@ -92,4 +99,55 @@ pub fn wait_forwarding(
             }
         }
     }
+}
+
+/// The argument that turns a husk binary into an exec's waiter.
+pub const EXEC_WAITER_ARG: &str = "__exec-wait";
+
+/// Starts the waiter of process `process` of the container in `dir`
+/// (detached: own session, stdio closed); its pid.
+pub fn spawn_exec_waiter(dir: &StateDir, process: u32) -> std::io::Result<i32> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg(EXEC_WAITER_ARG)
+        .arg(dir.path())
+        .arg(process.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(command.spawn()?.id() as i32)
+}
+
+/// The waiter: follows `process`, forwarding the signals it gets; exits
+/// with the process's shell status (128+N for a signal).
+pub fn exec_waiter_main(dir: &Path, process: u32) -> i32 {
+    let Some((root, id)) = dir.parent().zip(dir.file_name().and_then(|n| n.to_str())) else {
+        return 125;
+    };
+    let Ok(signals) = SignalWatch::new() else {
+        return 125;
+    };
+    let Ok(state_dir) = StateDir::open(root, id) else {
+        return 125;
+    };
+    let client = match ControlClient::send(
+        &state_dir.socket(),
+        &ControlRequest::Wait {
+            process: Some(process),
+        },
+        &[],
+    ) {
+        Ok(client) => client,
+        Err(_) => return 137,
+    };
+    wait_forwarding(root, id, Some((process, client)), Some(&signals), false).unwrap_or(137)
 }

@@ -608,11 +608,19 @@ fn exec(cli: &OciCli, args: &ExecArgs) -> anyhow::Result<i32> {
         }
         other => bail!("unexpected reply from the monitor: {other:?}"),
     };
-    if let Some(pid_file) = &args.pid_file {
-        write_pid_file(pid_file, state.pid.unwrap_or(0))?;
-    }
+    // The pid that stands for the exec'd process: a waiter that exits with
+    // its status when detached, else this command itself.
     if args.detach {
+        let dir = StateDir::open(&cli.root, &args.id)?;
+        let waiter = lifecycle::follow::spawn_exec_waiter(&dir, process_id)
+            .context("starting the exec's waiter")?;
+        if let Some(pid_file) = &args.pid_file {
+            write_pid_file(pid_file, waiter)?;
+        }
         return Ok(0);
+    }
+    if let Some(pid_file) = &args.pid_file {
+        write_pid_file(pid_file, std::process::id() as i32)?;
     }
     let _raw = if terminal {
         RawModeGuard::stdin().ok().flatten()

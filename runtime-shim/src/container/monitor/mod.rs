@@ -223,9 +223,15 @@ pub(super) fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Runs the monitor if the process was started as one (`argv[1]` is
-/// [`MONITOR_ARG`]); returns its exit code. Binaries call this first.
+/// [`MONITOR_ARG`]), or an exec's waiter ([`super::follow`]); returns its
+/// exit code. Binaries call this first.
 pub fn dispatch() -> Option<i32> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(super::follow::EXEC_WAITER_ARG) {
+        let dir = PathBuf::from(args.get(2)?);
+        let process = args.get(3)?.parse().ok()?;
+        return Some(super::follow::exec_waiter_main(&dir, process));
+    }
     if args.get(1).map(String::as_str) != Some(MONITOR_ARG) {
         return None;
     }
