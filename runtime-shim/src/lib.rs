@@ -3,5 +3,6 @@
 //! each) and the command groups of the CLI.
 
 pub mod cli;
+pub mod container;
 pub mod image;
 pub mod sandbox;

@@ -91,6 +91,13 @@ pub fn apply(plan: &CapabilityPlan) -> Result<(), CapabilityError> {
         source,
     })?;
     for cap in only_supported(&plan.ambient) {
+        // The kernel only raises an ambient capability that is permitted
+        // and inheritable; runc's default spec lists ambient ones without
+        // inheritable, and runc then goes on: so do we. (No log line: this
+        // runs in the container's process, whose stderr is the container's.)
+        if !(plan.inheritable.contains(&cap) && plan.permitted.contains(&cap)) {
+            continue;
+        }
         caps::raise(None, CapSet::Ambient, cap).map_err(|source| CapabilityError::Apply {
             set: "ambient",
             source,

@@ -9,6 +9,7 @@ pub mod process;
 pub mod seccomp;
 pub mod stdio;
 mod syscall_table;
+mod users;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -225,7 +226,10 @@ impl Container {
 
         let base = Path::new(CONTAINERS_DIR).join(&request.container_id);
         let rootfs = rootfs::assemble(&base, &request.layers, request.scratch.as_ref())?;
-        let created = Self::create_in(request, process, &linux, flags, caps, filters, &rootfs);
+        let mut process = process;
+        let created = users::resolve(&rootfs.path, &mut process).and_then(|()| {
+            Self::create_in(request, process, &linux, flags, caps, filters, &rootfs)
+        });
         match created {
             Ok((init_pid, cgroup, pipes, stdio)) => Ok((
                 Self {
@@ -328,7 +332,8 @@ impl Container {
         let own_pid_ns = File::open("/proc/self/ns/pid")
             .map_err(|err| StepError::new("open own pid namespace", err))?;
 
-        let process = request.spec.clone();
+        let mut process = request.spec.clone();
+        users::resolve(&self.rootfs.path, &mut process)?;
         let caps = capabilities::plan(process.capabilities().as_ref())
             .map_err(|err| StepError::new("capabilities", err))?;
         let filters = match self

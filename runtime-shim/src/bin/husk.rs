@@ -36,9 +36,26 @@ pub enum Command {
     Image(cli::image::ImageCommand),
     /// Run a command in a new container, in its own microVM.
     Run(cli::run::RunArgs),
+    /// List containers (running; -a for all).
+    Ps(cli::containers::PsArgs),
+    /// Run a command in a running container.
+    Exec(cli::containers::ExecArgs),
+    /// A container's output (stdout and stderr).
+    Logs(cli::containers::LogsArgs),
+    /// Stop containers: SIGTERM, then SIGKILL after a timeout.
+    Stop(cli::containers::StopArgs),
+    /// Send a signal to containers (default SIGKILL).
+    Kill(cli::containers::KillArgs),
+    /// Remove containers.
+    Rm(cli::containers::RmArgs),
+    /// Containers in detail (JSON).
+    Inspect(cli::containers::InspectArgs),
 }
 
 fn main() {
+    if let Some(code) = husk::container::monitor::dispatch() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -60,6 +77,13 @@ fn main() {
         Command::Check(args) => cli::check::run(args),
         Command::Image(cmd) => cli::image::run(&cli.store, cmd),
         Command::Run(args) => cli::run::run(&cli.store, args),
+        Command::Ps(args) => cli::containers::ps(&cli.store, args),
+        Command::Exec(args) => cli::containers::exec(&cli.store, args),
+        Command::Logs(args) => cli::containers::logs(&cli.store, args),
+        Command::Stop(args) => cli::containers::stop(&cli.store, args),
+        Command::Kill(args) => cli::containers::kill(&cli.store, args),
+        Command::Rm(args) => cli::containers::rm(&cli.store, args),
+        Command::Inspect(args) => cli::containers::inspect(&cli.store, args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -255,6 +255,9 @@ fn prune(store: &Store) -> anyhow::Result<i32> {
     for layer in &report.deleted_layers {
         println!("deleted layer: {layer}");
     }
+    for (layer, container) in &report.kept_in_use {
+        println!("kept layer: {layer} (used by container {container})");
+    }
     println!(
         "pruned {} layer{}, {} blob{}, {} stale staging entr{}; reclaimed {}",
         report.deleted_layers.len(),

@@ -2,5 +2,7 @@
 //! `run` returning the process exit code.
 
 pub mod check;
+pub mod containers;
 pub mod image;
+pub mod oci;
 pub mod run;

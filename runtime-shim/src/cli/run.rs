@@ -13,10 +13,14 @@ const MIN_MEMORY_BYTES: u64 = 6 << 20;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Remove the container when it exits (husk keeps no container state
-    /// yet, so every run is removed; accepted for docker compatibility).
+    /// Remove the container when it exits (else it stays, stopped, for
+    /// `husk ps -a`, `inspect` and `rm`, as with docker).
     #[arg(long)]
     pub rm: bool,
+    /// Run in the background under a monitor: print the container's ID and
+    /// return (see `husk ps`, `exec`, `logs`, `stop`, `rm`).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Keep stdin open and forward it to the container.
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -45,7 +49,7 @@ pub struct RunArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
-    /// User as UID[:GID].
+    /// User as `USER[:GROUP]`: numbers, or names from the image's /etc/passwd and /etc/group.
     #[arg(short = 'u', long)]
     pub user: Option<String>,
     /// Container host name (default: the start of its ID).
@@ -73,6 +77,10 @@ fn parse_memory(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
+    if args.detach {
+        super::containers::check_detached(&args)?;
+    }
+    let (detach, remove) = (args.detach, args.rm);
     if let Some(name) = &args.name {
         let valid = name
             .bytes()
@@ -119,7 +127,22 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         backend: args.backend,
         kernel: args.kernel,
         vcpus,
+        id: None,
     };
+    if detach {
+        return super::containers::run_detached(store, launch, remove, "info");
+    }
+    // The run stays in this process; like docker, a container run without
+    // --rm is kept (stopped) for `ps -a`, `inspect` and `rm`.
+    let mut launch = launch;
+    let record = super::containers::Foreground::begin(store, &launch, remove)?;
+    launch.id = Some(record.id().to_string());
+    let result = foreground(store, launch);
+    record.finish(*result.as_ref().unwrap_or(&125));
+    result
+}
+
+fn foreground(store: &Path, launch: Launch) -> anyhow::Result<i32> {
     match launch::run(store, launch) {
         Ok(Outcome::Exited(code)) => Ok(code),
         Ok(Outcome::StartFailed { code, error }) => {

@@ -84,6 +84,11 @@ impl Layout {
         self.layer_dir(chain_id).join(LAYER_DISK)
     }
 
+    /// The store root itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }

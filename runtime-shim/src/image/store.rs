@@ -36,6 +36,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("layer {chain_id} of image {image} is missing from the store: import the image again")]
     LayerMissing { image: String, chain_id: String },
+    #[error("image {image} is in use: its layer {chain_id} is used by container {container} (remove the container first: husk rm)")]
+    InUse {
+        image: String,
+        chain_id: String,
+        container: String,
+    },
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -100,6 +106,8 @@ pub struct RemoveReport {
 #[derive(Debug, Default, Serialize)]
 pub struct PruneReport {
     pub deleted_layers: Vec<String>,
+    /// Layers no image uses but a container does: (chain ID, container).
+    pub kept_in_use: Vec<(String, String)>,
     pub deleted_blobs: Vec<String>,
     pub swept_staging: usize,
     pub reclaimed_bytes: u64,
@@ -436,10 +444,64 @@ impl Store {
         Ok(referenced)
     }
 
+    /// Layers that containers (running or stopped, not removed) use, with
+    /// the first container using each: read from each container's monitor
+    /// configuration (`containers/<id>/monitor.json`, its `disks`), by the
+    /// layer directory its disks live in.
+    pub fn container_layers(&self) -> Result<BTreeMap<Digest, String>, StoreError> {
+        let mut used = BTreeMap::new();
+        let containers = self.layout.root().join("containers");
+        let Ok(entries) = fs::read_dir(&containers) else {
+            return Ok(used);
+        };
+        let mut disks: Vec<(PathBuf, String)> = Vec::new();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let Ok(bytes) = fs::read(entry.path().join("monitor.json")) else {
+                continue;
+            };
+            let Ok(config) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            for disk in config["disks"].as_array().into_iter().flatten() {
+                if let Some(path) = disk["path"].as_str() {
+                    disks.push((PathBuf::from(path), id.clone()));
+                }
+            }
+        }
+        for chain_id in self.layer_ids()? {
+            let dir = self.layout.layer_dir(&chain_id);
+            if let Some((_, container)) = disks.iter().find(|(p, _)| p.starts_with(&dir)) {
+                used.insert(chain_id, container.clone());
+            }
+        }
+        Ok(used)
+    }
+
     /// Removes a tag, or with an ID all of an image's tags; the image goes
     /// when no tag is left, and then its layers that no other image uses.
+    /// An image whose layers a container uses is not removed.
     pub fn remove(&self, name: &str) -> Result<RemoveReport, StoreError> {
         let (id, _) = self.resolve_id(name)?;
+        let in_use = self.container_layers()?;
+        if !in_use.is_empty() {
+            let repositories = self.repositories()?;
+            let by_tag = reference::normalize(name)
+                .ok()
+                .filter(|n| repositories.lookup(n).is_some());
+            let last_tag = by_tag.is_none() || repositories.tags_of(&id).len() <= 1;
+            if last_tag {
+                for chain_id in chain_ids(&diff_ids_of(&self.image_config(&id)?, &id)?) {
+                    if let Some(container) = in_use.get(&chain_id) {
+                        return Err(StoreError::InUse {
+                            image: name.to_string(),
+                            chain_id: chain_id.to_string(),
+                            container: container.clone(),
+                        });
+                    }
+                }
+            }
+        }
         let by_tag = {
             let repositories = self.repositories()?;
             reference::normalize(name)
@@ -498,7 +560,17 @@ impl Store {
         let mut layers = self.layer_ids()?;
         // Deleting children before parents keeps every parent file valid.
         layers.sort_by_key(|chain_id| std::cmp::Reverse(self.layer_depth(chain_id)));
+        let in_use = self.container_layers()?;
+        let referenced = self.referenced_layers()?;
         for chain_id in layers {
+            if let Some(container) = in_use.get(&chain_id) {
+                if !referenced.contains(&chain_id) {
+                    report
+                        .kept_in_use
+                        .push((chain_id.to_string(), container.clone()));
+                }
+                continue;
+            }
             if let Some(bytes) = self.delete_layer_if_unreferenced(&chain_id)? {
                 report.reclaimed_bytes += bytes;
                 report.deleted_layers.push(chain_id.to_string());

@@ -1,6 +1,7 @@
-//! One container in one microVM, start to finish: resolve the image, build
-//! the spec and the initramfs, start the VM, create and start the container
-//! through the agent, run its session, shut the VM down.
+//! One container in one microVM, start to finish (`husk run` in the
+//! foreground): resolve the image, build the spec and the initramfs
+//! ([`prepare`]), then the lifecycle's phases ([`Instance`]: boot, create,
+//! start), the container's session, and shutdown.
 //!
 //! Cleanup is by ownership: the VM handle kills its process when dropped and
 //! the run directory guard removes the socket and logs, so every return path
@@ -8,13 +9,14 @@
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use husk_protocol::{CreateContainer, ErrorReply, Reply, Request};
+use husk_protocol::{CreateContainer, ErrorReply, LayerDisk};
+use oci_spec::runtime::Spec;
 
-use super::agent_client::{AgentClient, AgentError};
+use super::agent_client::AgentError;
 use super::assets::{self, AssetError};
-use super::backend::{BackendError, VmConfig};
+use super::backend::{BackendError, DiskConfig, VmConfig};
 use super::initramfs::{self, InitramfsError};
 use super::layers::{self, LayersError};
 use super::rundir::{RunDir, RunDirError};
@@ -23,23 +25,13 @@ use super::signals::{SignalError, SignalWatch};
 use super::spec::{self, RunOptions, SpecError};
 use super::stdio::{self, HostStdio, SessionOptions};
 use super::terminal::RawModeGuard;
+use crate::container::instance::{Instance, StartError, INIT_PROCESS};
 use crate::image::{Store, StoreError};
-
-/// The container's init process id on the channel.
-const INIT_PROCESS: u32 = 1;
 
 /// Guest kernel and agent need this on top of the container's memory.
 pub const VM_MEMORY_HEADROOM_MIB: u32 = 128;
 /// VM memory when `--memory` is not given (no container limit then).
 pub const DEFAULT_VM_MEMORY_MIB: u32 = 512;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Software emulation on a loaded two-core host boots slowly; a real KVM
-/// host boots in well under a second.
-const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -76,6 +68,8 @@ pub struct Launch {
     pub backend: BackendChoice,
     pub kernel: Option<PathBuf>,
     pub vcpus: u32,
+    /// The container's ID (a new random one when `None`).
+    pub id: Option<String>,
 }
 
 /// How it ended when the container got as far as its command.
@@ -97,88 +91,33 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
     let selected = select::select(launch.backend, husk_vmm::probe::probe_host)?;
     tracing::info!("backend: {} ({})", selected.backend.kind(), selected.reason);
 
-    let store = Store::open(store_root)?;
-    let image = store.resolve(&launch.image)?;
+    let prepared = prepare(store_root, &launch, kernel, &agent)?;
+    let container_id = prepared.id.clone();
 
-    let container_id = new_container_id();
-    let mut options = launch.options;
-    if options.hostname.is_empty() {
-        options.hostname = container_id[..12].to_string();
-    }
-    let mut spec = spec::build(&image.config, &options)?;
-    let mut annotations = spec.annotations().clone().unwrap_or_default();
-    annotations.insert("io.husk.image".into(), image.name.clone());
-    if let Some(name) = &launch.name {
-        annotations.insert("io.husk.name".into(), name.clone());
-    }
-    spec.set_annotations(Some(annotations));
-
-    let initramfs = initramfs::cached(store_root, &agent)?;
-
-    let memory_mib = match options.memory_bytes {
-        Some(bytes) => u32::try_from(bytes.div_ceil(1 << 20))
-            .unwrap_or(u32::MAX)
-            .saturating_add(VM_MEMORY_HEADROOM_MIB),
-        None => DEFAULT_VM_MEMORY_MIB,
-    };
-    // Declared before the VM so it is dropped after it: the VM goes first,
-    // then its socket and logs.
+    // The run directory is handed to the instance, which drops it after the
+    // VM: the VM goes first, then its socket and logs.
     RunDir::sweep_stale(store_root);
     let rundir = RunDir::create(store_root, &container_id)?;
     tracing::debug!(path = %rundir.path().display(), "run directory");
-    let (layers_disk, layers) = layers::pack(&image.name, &image.layers)?;
-    let config = VmConfig {
-        kernel,
-        initramfs,
-        disks: vec![layers_disk.in_dir(rundir.path())],
-        console_socket: rundir.console_socket(),
-        serial_log: rundir.serial_log(),
-        vmm_log: rundir.vmm_log(),
-        vcpus: launch.vcpus.max(1),
-        memory_mib,
-        cmdline_extra: Vec::new(),
-    };
-    let vm_started = Instant::now();
-    let mut vm = selected.backend.start(&config)?;
-    tracing::info!(pid = vm.pid(), backend = %vm.kind(), id = %container_id, memory_mib, "VM started");
-
-    let mut client = AgentClient::connect(
-        &config.console_socket,
-        &mut vm,
+    let config = prepared.vm_config(&rundir);
+    let mut instance = Instance::boot(
+        container_id,
+        selected.backend.as_ref(),
+        &config,
+        rundir,
         Some(&signals),
-        CONNECT_TIMEOUT,
     )?;
-    let hello = client.handshake(&mut vm, Some(&signals), boot_timeout())?;
-    // vm_to_hello: VM program start to the agent's Hello (boot time as the
-    // user sees it); the backend benchmark reads it.
-    tracing::info!(agent = %hello.agent_version, elapsed = ?started.elapsed(), vm_to_hello_ms = vm_started.elapsed().as_millis() as u64, "agent ready");
+    tracing::info!(agent = %instance.agent_version, elapsed = ?started.elapsed(), vm_to_hello_ms = instance.boot_time.as_millis() as u64, "agent ready");
 
-    let terminal = options.terminal;
-    let create = CreateContainer {
-        container_id: container_id.clone(),
-        init_process: INIT_PROCESS,
-        spec,
-        layers,
-        scratch: None,
-        stdin: launch.forward_stdin,
-    };
-    match client.call(
-        &mut vm,
+    let terminal = prepared
+        .spec
+        .process()
+        .as_ref()
+        .is_some_and(|p| p.terminal().unwrap_or(false));
+    instance.create(
+        prepared.create_request(launch.forward_stdin),
         Some(&signals),
-        Request::CreateContainer(Box::new(create)),
-        CREATE_TIMEOUT,
-    ) {
-        Ok(Reply::Created { pid }) => tracing::debug!(guest_pid = pid, "container created"),
-        Ok(other) => {
-            return Err(AgentError::UnexpectedReply {
-                request: "create",
-                reply: format!("{other:?}"),
-            }
-            .into())
-        }
-        Err(AgentError::Agent(err)) => return Err(LaunchError::Create(err)),
-        Err(e) => return Err(e.into()),
-    }
+    )?;
 
     // Raw mode only once the container is about to own the terminal, and
     // only when input is forwarded (as `docker run -it`).
@@ -187,16 +126,16 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
     } else {
         None
     };
-    match client.call(&mut vm, Some(&signals), Request::Start, START_TIMEOUT) {
-        Ok(_) => {}
-        Err(AgentError::Agent(error)) => {
-            client.shutdown(&mut vm, SHUTDOWN_TIMEOUT);
+    match instance.start(Some(&signals)) {
+        Ok(()) => {}
+        Err(StartError::Exec(error)) => {
+            instance.shutdown();
             return Ok(Outcome::StartFailed {
                 code: exec_failure_code(&error),
                 error,
             });
         }
-        Err(e) => return Err(e.into()),
+        Err(StartError::Other(e)) => return Err(e),
     }
     tracing::info!(elapsed = ?started.elapsed(), "container started");
 
@@ -211,28 +150,117 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
         stdout: stdout.as_fd(),
         stderr: stderr.as_fd(),
     };
-    let status = stdio::run(&mut client, &mut vm, Some(&signals), &host, session)?;
+    let status = stdio::run(
+        &mut instance.client,
+        &mut instance.vm,
+        Some(&signals),
+        &host,
+        session,
+    )?;
     drop(_raw);
-    tracing::info!(?status, elapsed = ?started.elapsed(), serial_log = %vm.serial_log().display(), "container exited");
-    client.shutdown(&mut vm, SHUTDOWN_TIMEOUT);
-    drop(vm);
-    drop(rundir);
+    tracing::info!(?status, elapsed = ?started.elapsed(), serial_log = %instance.vm.serial_log().display(), "container exited");
+    instance.shutdown();
     Ok(Outcome::Exited(status.shell_code()))
 }
 
-/// `HUSK_BOOT_TIMEOUT` (seconds) or the default.
-fn boot_timeout() -> Duration {
-    std::env::var("HUSK_BOOT_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_BOOT_TIMEOUT)
+/// A container ready to boot: its ID, its VM's parts and its spec.
+pub struct Prepared {
+    pub id: String,
+    pub image: String,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub disks: Vec<DiskConfig>,
+    pub layers: Vec<LayerDisk>,
+    pub spec: Spec,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+impl Prepared {
+    /// The VM configuration, its socket and logs in `rundir`.
+    pub fn vm_config(&self, rundir: &RunDir) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            disks: self.disks.iter().map(|d| d.in_dir(rundir.path())).collect(),
+            console_socket: rundir.console_socket(),
+            serial_log: rundir.serial_log(),
+            vmm_log: rundir.vmm_log(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            cmdline_extra: Vec::new(),
+        }
+    }
+
+    /// The agent request that creates the container.
+    pub fn create_request(&self, stdin: bool) -> CreateContainer {
+        CreateContainer {
+            container_id: self.id.clone(),
+            init_process: INIT_PROCESS,
+            spec: self.spec.clone(),
+            layers: self.layers.clone(),
+            scratch: None,
+            stdin,
+        }
+    }
+}
+
+/// Resolves the image and builds the disks, the ID and the spec of a
+/// container of `launch` (the same for every backend).
+pub fn prepare(
+    store_root: &Path,
+    launch: &Launch,
+    kernel: PathBuf,
+    agent: &Path,
+) -> Result<Prepared, LaunchError> {
+    let store = Store::open(store_root)?;
+    let image = store.resolve(&launch.image)?;
+    let (layers_disk, layers) = layers::pack(&image.name, &image.layers)?;
+    let disks = vec![layers_disk];
+
+    let container_id = launch.id.clone().unwrap_or_else(new_container_id);
+    let mut options = launch.options.clone();
+    if options.hostname.is_empty() {
+        options.hostname = container_id[..12].to_string();
+    }
+    let mut spec = spec::build(&image.config, &options)?;
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    annotations.insert("io.husk.image".into(), image.name.clone());
+    if let Some(name) = &launch.name {
+        annotations.insert("io.husk.name".into(), name.clone());
+    }
+    spec.set_annotations(Some(annotations));
+
+    let initramfs = initramfs::cached(store_root, agent)?;
+
+    let memory_mib = vm_memory_mib(options.memory_bytes);
+    Ok(Prepared {
+        id: container_id,
+        image: image.name.clone(),
+        kernel,
+        initramfs,
+        disks,
+        layers,
+        spec,
+        vcpus: launch.vcpus.max(1),
+        memory_mib,
+    })
+}
+
+/// VM memory for a container limit (none: the default).
+pub fn vm_memory_mib(limit_bytes: Option<u64>) -> u32 {
+    match limit_bytes {
+        Some(bytes) => u32::try_from(bytes.div_ceil(1 << 20))
+            .unwrap_or(u32::MAX)
+            .saturating_add(VM_MEMORY_HEADROOM_MIB),
+        None => DEFAULT_VM_MEMORY_MIB,
+    }
 }
 
 /// Docker's codes for a command that cannot run: 127 when it does not
 /// exist, 126 when it cannot be executed. The protocol carries the error as
 /// text, so the errno's message is what is matched.
-fn exec_failure_code(error: &ErrorReply) -> i32 {
+pub fn exec_failure_code(error: &ErrorReply) -> i32 {
     let text = format!("{} {}", error.step, error.message).to_ascii_lowercase();
     if text.contains("no such file") || text.contains("not found") || text.contains("enoent") {
         127
@@ -247,7 +275,7 @@ fn exec_failure_code(error: &ErrorReply) -> i32 {
 }
 
 /// 32 random hex digits; the first 12 are the default hostname.
-fn new_container_id() -> String {
+pub fn new_container_id() -> String {
     let mut bytes = [0u8; 16];
     let filled = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))

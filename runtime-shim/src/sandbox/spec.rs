@@ -74,9 +74,7 @@ pub enum SpecError {
     NoCommand,
     #[error("working directory {0:?} is not an absolute path")]
     RelativeWorkdir(String),
-    #[error(
-        "user {0:?}: only numeric UID[:GID] (or root) is supported; user names need the image's /etc/passwd"
-    )]
+    #[error("user {0:?}: expected USER[:GROUP], each a name or a number")]
     UserName(String),
     #[error("bad environment variable {0:?}: the name is empty or holds '=' or NUL")]
     BadEnv(String),
@@ -140,7 +138,16 @@ pub fn build(image: &ImageConfiguration, opts: &RunOptions) -> Result<Spec, Spec
         .clone()
         .or_else(|| config.and_then(|c| c.user().clone()))
         .unwrap_or_default();
-    let (uid, gid) = parse_user(&user_text)?;
+    // A name is resolved in the guest against the image's /etc/passwd and
+    // /etc/group (it travels as `user.username`); numbers are used as given.
+    let (uid, gid, username) = match parse_user(&user_text) {
+        Ok((uid, gid)) => (uid, gid, None),
+        Err(SpecError::UserName(_)) => {
+            validate_user_name(&user_text)?;
+            (0, 0, Some(user_text.clone()))
+        }
+        Err(e) => return Err(e),
+    };
 
     validate_hostname(&opts.hostname)?;
     let image_env = config.and_then(|c| c.env().clone()).unwrap_or_default();
@@ -155,6 +162,9 @@ pub fn build(image: &ImageConfiguration, opts: &RunOptions) -> Result<Spec, Spec
         .cwd(cwd)
         .user({
             let mut user = UserBuilder::default().uid(uid).gid(gid);
+            if let Some(name) = &username {
+                user = user.username(name.clone());
+            }
             if !opts.group_add.is_empty() {
                 user = user.additional_gids(opts.group_add.clone());
             }
@@ -276,6 +286,24 @@ pub fn parse_user(text: &str) -> Result<(u32, u32), SpecError> {
         None => 0,
     };
     Ok((uid, gid))
+}
+
+/// `USER[:GROUP]` with names: the characters a passwd or group file can
+/// hold in a name field.
+pub fn validate_user_name(text: &str) -> Result<(), SpecError> {
+    let ok = !text.is_empty()
+        && text.split(':').count() <= 2
+        && text.split(':').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-$".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::UserName(text.to_string()))
+    }
 }
 
 fn validate_hostname(name: &str) -> Result<(), SpecError> {

@@ -252,6 +252,10 @@ macro_rules! run_env {
     () => {
         match run_support::setup() {
             Ok(env) => env,
+            // On CI, set-up provides everything: a missing piece is a failure.
+            Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("CI=true and a prerequisite is missing: {reason}")
+            }
             Err(reason) => husk_e2e::skip!("{reason}"),
         }
     };
