@@ -34,8 +34,10 @@ use husk_e2e::fixtures::{self, Format};
 use husk_vmm::probe::Verdict;
 
 #[derive(Parser, Debug)]
-#[command(about = "husk run on --backend husk vs --backend qemu: wall time, VM start to Hello, \
-                   VMM memory outside guest RAM")]
+#[command(
+    about = "husk run on --backend husk vs --backend qemu: wall time, VM start to Hello, \
+                   VMM memory outside guest RAM"
+)]
 struct Args {
     /// Measured runs per backend and series.
     #[arg(long, default_value_t = 7)]
@@ -293,7 +295,9 @@ fn missing_capability(report: &husk_vmm::probe::HostReport) -> Option<String> {
         .stderr(Stdio::null())
         .status();
     if qemu.is_err() {
-        return Some("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into());
+        return Some(
+            "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
+        );
     }
     None
 }
@@ -548,7 +552,12 @@ fn print_table(contenders: &[Contender]) {
             "husk run --rm true (ms)",
             contenders
                 .iter()
-                .map(|c| c.timings.iter().map(|t| t.wall.as_secs_f64() * 1000.0).collect())
+                .map(|c| {
+                    c.timings
+                        .iter()
+                        .map(|t| t.wall.as_secs_f64() * 1000.0)
+                        .collect()
+                })
                 .collect(),
             0,
         ),

@@ -128,7 +128,10 @@ mod tests {
                      agent=0.1.0 elapsed=2.5s vm_to_hello_ms=987 other=1";
         assert_eq!(vm_to_hello_ms(plain), Some(987));
         assert!(is_agent_ready(plain));
-        assert_eq!(vm_to_hello_ms("INFO VM started pid=12 vm_to_hello_ms=5"), None);
+        assert_eq!(
+            vm_to_hello_ms("INFO VM started pid=12 vm_to_hello_ms=5"),
+            None
+        );
         assert_eq!(vm_to_hello_ms("INFO agent ready agent=0.1.0"), None);
         assert_eq!(vm_to_hello_ms("INFO agent ready vm_to_hello_ms=x"), None);
     }
