@@ -8,23 +8,20 @@ use std::path::Path;
 /// `ESC x`), as a coloured log line reads on a terminal.
 pub fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
+    let mut chars = line.chars();
     while let Some(c) = chars.next() {
         if c != '\u{1b}' {
             out.push(c);
             continue;
         }
-        match chars.next() {
-            // CSI: parameter and intermediate bytes up to a final byte in @..~.
-            Some('[') => {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
+        // CSI: parameter and intermediate bytes up to a final byte in @..~;
+        // any other escape is two characters long.
+        if let Some('[') = chars.next() {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
                 }
             }
-            // Any other escape is two characters long.
-            Some(_) | None => {}
         }
     }
     out
@@ -105,6 +102,7 @@ pub fn runs(pid: u32, program: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
 
     #[test]
@@ -138,10 +136,13 @@ mod tests {
 
     #[test]
     fn finds_a_grandchild_by_program() {
-        // sh forks sleep and waits for it: sleep is our grandchild.
+        // The outer sh starts an inner sh, which says "started" once it runs
+        // (so it has been exec'd) and stays a shell: the trailing `:` keeps
+        // it from exec'ing sleep. The inner sh is our grandchild.
         let mut child = Command::new("sh")
-            .args(["-c", "sleep 30 & echo started; wait"])
+            .args(["-c", "sh -c 'echo started; sleep 30; :' & wait"])
             .stdout(Stdio::piped())
+            .process_group(0)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -150,13 +151,17 @@ mod tests {
             &mut line,
         )
         .unwrap();
-        let found = find_descendant(child.id(), "sleep");
-        let sleep_pid = found.expect("sleep is a descendant of sh");
-        assert!(runs(sleep_pid, "sleep"));
-        assert!(children(child.id()).contains(&sleep_pid));
+        assert_eq!(line, "started\n");
+        let shell = program_name(child.id()).expect("the child's program");
+        let inner = find_descendant(child.id(), &shell).expect("the inner sh");
+        assert_ne!(inner, child.id());
+        assert!(runs(inner, &shell));
+        assert!(children(child.id()).contains(&inner));
         assert_eq!(find_descendant(child.id(), "no-such-program"), None);
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(sleep_pid as i32, libc::SIGKILL) };
+        // SAFETY: kill has no memory-safety preconditions; the child leads
+        // its own process group, which holds only the shells and sleep.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
         child.wait().unwrap();
+        assert!(!runs(child.id(), &shell));
     }
 }
