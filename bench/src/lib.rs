@@ -6,8 +6,12 @@
 //! `stamp` reads what the interposer recorded, `memory` samples a VMM's
 //! resident memory outside guest RAM, `vmms` builds the two command lines,
 //! `run` measures one VM, `stats` summarises, `external` runs helper commands.
+//!
+//! The backend benchmark (benches/run_backends.rs) drives `husk run` itself
+//! with each backend; `husk_run` reads husk's log and finds its VMM process.
 
 pub mod external;
+pub mod husk_run;
 pub mod memory;
 pub mod run;
 pub mod stamp;
