@@ -463,8 +463,15 @@ impl Store {
             let Ok(config) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
                 continue;
             };
+            // A disk is one image file or the concatenated layer files
+            // (sandbox::backend::DiskImage as JSON).
             for disk in config["disks"].as_array().into_iter().flatten() {
-                if let Some(path) = disk["path"].as_str() {
+                let image = &disk["image"];
+                let parts = image["concat"]["parts"].as_array().into_iter().flatten();
+                for path in std::iter::once(&image["file"])
+                    .chain(parts)
+                    .filter_map(|p| p.as_str())
+                {
                     disks.push((PathBuf::from(path), id.clone()));
                 }
             }
