@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The real-KVM tier of scripts/test.sh: runs, inside ONE boot of the KVM test
 # bed, the tests that need a KVM that can run guest userspace:
-#   - every `husk run` end-to-end test (tests/tests/run_*.rs) on husk-vmm
-#     (HUSK_TEST_BACKEND=husk),
+#   - every container end-to-end test on husk-vmm (HUSK_TEST_BACKEND=husk):
+#     `husk run` (tests/tests/run_*.rs), the docker-style commands
+#     (containers_cli.rs) and husk-runc beside runc (oci_*.rs),
 #   - vmm_boot (husk-vmm boots our kernel; no nested-PVM parameter, since the
 #     VMM's own probe finds a real KVM there),
 #   - the KVM payload tests of husk-vmm.
@@ -22,8 +23,19 @@ root=$(pwd)
 targets=(
 	"husk-e2e run_basics" "husk-e2e run_errors" "husk-e2e run_limits"
 	"husk-e2e run_tty" "husk-e2e run_husk_vmm" "husk-e2e run_layers"
+	"husk-e2e containers_cli" "husk-e2e oci_lifecycle" "husk-e2e oci_errors"
 	"husk-e2e vmm_boot" "husk-vmm kvm_payload"
 )
+# HUSK_TESTBED_TESTS="run_basics oci_lifecycle" runs only those.
+if [[ -n ${HUSK_TESTBED_TESTS:-} ]]; then
+	chosen=()
+	for t in "${targets[@]}"; do
+		for want in $HUSK_TESTBED_TESTS; do
+			[[ ${t#* } == "$want" ]] && chosen+=("$t")
+		done
+	done
+	targets=("${chosen[@]}")
+fi
 
 if [[ ${1:-} == --inside ]]; then
 	# Inside L1: run each binary, keep going after a failure, sum up.
