@@ -22,7 +22,7 @@ while (($#)); do
 	case $1 in
 	--timeout) timeout=${2:?--timeout needs SECS}; shift 2 ;;
 	--) shift; break ;;
-	*) sed -n '5,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+	*) sed -n '5,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 	esac
 done
 
