@@ -424,3 +424,50 @@ fn two_creates_racing_on_one_id_leave_one_container() {
     env.ok(Rt::Husk, &["delete", "racer"]);
     env.assert_clean();
 }
+
+#[test]
+fn long_roots_and_64_character_ids_work() {
+    let env = oci_env!();
+    // Like containerd's `--root /run/containerd/runc/<namespace>` with a
+    // 64-hex container ID: too long for socket paths in the state dir.
+    let root = env
+        .dir
+        .path()
+        .join("run-containerd-runc")
+        .join("k8s.io-namespace-x".repeat(2));
+    let id = "0123456789abcdef".repeat(4);
+    let bundle = env.bundle("longroot", &["sleep", "1000"], |_| {});
+    let husk = |args: &[&str]| env.command_in(Rt::Husk, &root, args);
+    let status = husk(&["create", "--bundle", bundle.to_str().unwrap(), &id])
+        .status()
+        .unwrap();
+    assert!(status.success(), "create under a long root");
+    assert!(husk(&["start", &id]).status().unwrap().success());
+    let out = husk(&["exec", &id, "echo", "long-ok"])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "long-ok\n");
+    assert!(husk(&["delete", "--force", &id])
+        .status()
+        .unwrap()
+        .success());
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let sockets: Vec<_> = std::fs::read_dir("/run/husk-sockets")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        oci_support::processes_mentioning(&root).is_empty(),
+        "processes left"
+    );
+    for dir in sockets {
+        assert!(
+            oci_support::processes_mentioning(&dir).is_empty(),
+            "processes left using {}",
+            dir.display()
+        );
+    }
+}

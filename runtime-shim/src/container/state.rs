@@ -17,6 +17,13 @@ use std::path::{Path, PathBuf};
 use husk_protocol::ExitStatus;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+/// sockaddr_un holds 107 path bytes and a NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where sockets go when a state directory's path is too long for them.
+pub const SHORT_SOCKET_ROOT: &str = "/run/husk-sockets";
 
 /// OCI statuses, plus `creating` while the VM boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,9 +259,23 @@ impl StateDir {
         self.path.join("state.json")
     }
 
+    /// Where the container's Unix sockets live (the monitor's and, under
+    /// `run/vm/`, the VM's console): the state directory itself, or, when
+    /// its path is too long for a socket address (a long `--root` and a
+    /// 64-character ID), a short directory named by a hash of it under
+    /// [`SHORT_SOCKET_ROOT`].
+    pub fn sockets_dir(&self) -> PathBuf {
+        let longest = self.path.join("run/vm/console.sock");
+        if longest.as_os_str().len() <= MAX_SOCKET_PATH {
+            return self.path.clone();
+        }
+        let digest = sha2::Sha256::digest(self.path.as_os_str().as_encoded_bytes());
+        PathBuf::from(SHORT_SOCKET_ROOT).join(hex::encode(&digest[..8]))
+    }
+
     /// The monitor's control socket.
     pub fn socket(&self) -> PathBuf {
-        self.path.join("monitor.sock")
+        self.sockets_dir().join("monitor.sock")
     }
 
     /// The monitor's own log (its stdout and stderr).
@@ -370,8 +391,12 @@ impl StateDir {
         })
     }
 
-    /// Removes the whole directory.
+    /// Removes the whole directory (and its short sockets directory).
     pub fn remove(&self) -> Result<(), StateError> {
+        let sockets = self.sockets_dir();
+        if sockets != self.path {
+            let _ = fs::remove_dir_all(&sockets);
+        }
         match fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -504,6 +529,19 @@ mod tests {
             StateDir::open(root.path(), "c1"),
             Err(StateError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn long_state_paths_get_short_socket_dirs() {
+        let root = tempfile::tempdir().unwrap();
+        let short = StateDir::create(root.path(), "c").unwrap();
+        assert_eq!(short.sockets_dir(), short.path());
+        let deep = root.path().join("r".repeat(60));
+        let long = StateDir::create(&deep, &"a".repeat(64)).unwrap();
+        let dir = long.sockets_dir();
+        assert!(dir.starts_with(SHORT_SOCKET_ROOT), "{}", dir.display());
+        assert!(dir.join("run/vm/console.sock").as_os_str().len() <= MAX_SOCKET_PATH);
+        assert_eq!(dir, long.clone().sockets_dir(), "the same path every time");
     }
 
     #[test]

@@ -167,6 +167,11 @@ impl OciEnv {
 
     /// `<runtime> --root R ARGS` with husk's environment, stdio null.
     pub fn command(&self, rt: Rt, args: &[&str]) -> Command {
+        self.command_in(rt, &self.root(rt), args)
+    }
+
+    /// As [`Self::command`] with another state root.
+    pub fn command_in(&self, rt: Rt, root: &Path, args: &[&str]) -> Command {
         let mut cmd = match rt {
             Rt::Husk => {
                 let mut c = Command::new(&self.husk_runc);
@@ -179,7 +184,7 @@ impl OciEnv {
             Rt::Runc => Command::new("runc"),
         };
         cmd.arg("--root")
-            .arg(self.root(rt))
+            .arg(root)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

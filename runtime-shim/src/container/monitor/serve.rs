@@ -81,11 +81,12 @@ pub(super) fn serve(
     let backend = select::backend_for(plan).map_err(|e| fail(ready, e.to_string()))?;
 
     let _ = fs::remove_file(sd.socket());
+    let _ = fs::create_dir_all(sd.sockets_dir());
     let listener = UnixListener::bind(sd.socket())
         .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .map_err(|e| fail(ready, format!("binding {}: {e}", sd.socket().display())))?;
 
-    let rundir = RunDir::create(sd.path(), "vm").map_err(|e| fail(ready, e.to_string()))?;
+    let rundir = RunDir::create(&sd.sockets_dir(), "vm").map_err(|e| fail(ready, e.to_string()))?;
     let vm_config = VmConfig {
         kernel: config.kernel.clone(),
         initramfs: config.initramfs.clone(),
