@@ -3,7 +3,7 @@
 # bed, the tests that need a KVM that can run guest userspace:
 #   - every container end-to-end test on husk-vmm (HUSK_TEST_BACKEND=husk):
 #     `husk run` (tests/tests/run_*.rs), the docker-style commands
-#     (containers_cli.rs) and husk-runc beside runc (oci_*.rs),
+#     (containers_cli.rs) and husk-runc beside runc (oci_lifecycle.rs),
 #   - vmm_boot (husk-vmm boots our kernel; no nested-PVM parameter, since the
 #     VMM's own probe finds a real KVM there),
 #   - the KVM payload tests of husk-vmm.
@@ -23,9 +23,12 @@ root=$(pwd)
 targets=(
 	"husk-e2e run_basics" "husk-e2e run_errors" "husk-e2e run_limits"
 	"husk-e2e run_tty" "husk-e2e run_husk_vmm" "husk-e2e run_layers"
-	"husk-e2e containers_cli" "husk-e2e oci_lifecycle" "husk-e2e oci_errors"
+	"husk-e2e containers_cli" "husk-e2e oci_lifecycle"
 	"husk-e2e vmm_boot" "husk-vmm kvm_payload"
 )
+# Not here: oci_errors. Its reference, runc, cannot `exec --tty` inside the
+# bed's chroot ("open /dev/ptmx: no such file or directory"); it runs on
+# this host in tier 1.
 # HUSK_TESTBED_TESTS="run_basics oci_lifecycle" runs only those.
 if [[ -n ${HUSK_TESTBED_TESTS:-} ]]; then
 	chosen=()
