@@ -1,5 +1,6 @@
 //! husk-agent: PID 1 of a husk microVM. Mounts the guest's base
-//! filesystems, opens the host channel (/dev/hvc0), says Hello and serves
+//! filesystems, opens the host channel (a virtio serial port named
+//! org.husk.agent where the host offers one, else /dev/hvc0), says Hello and serves
 //! the protocol of `husk_agent::protocol` until Shutdown, then powers off.
 //!
 //! Build (static, so the initramfs needs nothing else):
@@ -41,12 +42,30 @@ fn init_logging() {
         .try_init();
 }
 
-fn channel_path() -> PathBuf {
+/// The name a host gives the agent's port when it offers a named virtio
+/// serial port (QEMU: `virtserialport,name=...`) instead of the console
+/// port 0 that becomes /dev/hvc0 (husk-vmm).
+const AGENT_PORT_NAME: &str = "org.husk.agent";
+
+/// `--channel PATH`, if given.
+fn channel_flag() -> Option<PathBuf> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--channel" {
-            if let Some(path) = args.next() {
-                return PathBuf::from(path);
+            return args.next().map(PathBuf::from);
+        }
+    }
+    None
+}
+
+/// The agent's port: a virtio serial port named [`AGENT_PORT_NAME`]
+/// (/dev/vportNpM) where the host offers one, else the console /dev/hvc0.
+fn find_channel(virtio_ports: &std::path::Path) -> PathBuf {
+    if let Ok(entries) = std::fs::read_dir(virtio_ports) {
+        for entry in entries.flatten() {
+            let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+            if name.trim_end_matches(['\n', '\0']) == AGENT_PORT_NAME {
+                return std::path::Path::new("/dev").join(entry.file_name());
             }
         }
     }
@@ -55,17 +74,25 @@ fn channel_path() -> PathBuf {
 
 /// Opens the channel, waiting briefly for its device node: a driver that
 /// probes late would otherwise cost the whole VM.
-fn open_channel(path: &std::path::Path) -> std::io::Result<Channel> {
+fn open_channel() -> std::io::Result<(PathBuf, Channel)> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match Channel::open(path) {
+        let path = channel_flag()
+            .unwrap_or_else(|| find_channel(std::path::Path::new("/sys/class/virtio-ports")));
+        match Channel::open(&path) {
             Err(err)
                 if err.kind() == std::io::ErrorKind::NotFound
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            result => return result,
+            Err(err) => {
+                return Err(std::io::Error::new(
+                    err.kind(),
+                    format!("open {}: {err}", path.display()),
+                ))
+            }
+            Ok(channel) => return Ok((path, channel)),
         }
     }
 }
@@ -74,8 +101,7 @@ fn serve(is_pid1: bool) -> anyhow::Result<()> {
     if is_pid1 {
         init::setup().context("guest setup")?;
     }
-    let path = channel_path();
-    let channel = open_channel(&path).with_context(|| format!("open {}", path.display()))?;
+    let (path, channel) = open_channel().context("open the host channel")?;
     let mut server = Server::new(channel).context("signal setup")?;
     server.hello().context("send Hello")?;
     tracing::info!(channel = %path.display(), "agent ready");
@@ -103,4 +129,20 @@ fn main() {
         init::power_off();
     }
     std::process::exit(if result.is_ok() { 0 } else { 1 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_agent_port_wins_over_the_console() {
+        let sys = tempfile::tempdir().unwrap();
+        assert_eq!(find_channel(sys.path()), PathBuf::from("/dev/hvc0"));
+        for (port, name) in [("vport0p1", "other\n"), ("vport0p2", "org.husk.agent\n")] {
+            std::fs::create_dir(sys.path().join(port)).unwrap();
+            std::fs::write(sys.path().join(port).join("name"), name).unwrap();
+        }
+        assert_eq!(find_channel(sys.path()), PathBuf::from("/dev/vport0p2"));
+    }
 }

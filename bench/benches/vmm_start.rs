@@ -16,7 +16,7 @@ use clap::{Parser, ValueEnum};
 use husk_bench::external;
 use husk_bench::run::{measure, Measurement, RunSettings};
 use husk_bench::stats::{summarise, Summary};
-use husk_bench::vmms::{GuestSpec, Vmm, BASE_CMDLINE};
+use husk_bench::vmms::{write_layer_listings, GuestSpec, Vmm, BASE_CMDLINE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Which {
@@ -204,13 +204,19 @@ fn main() -> anyhow::Result<()> {
         .prefix("husk-bench.")
         .tempdir()
         .context("create work directory")?;
+    // Three "layers" behind one concatenated disk, as husk run gives them.
+    let layers = (0..3)
+        .map(|i| sparse_disk(&work.path().join(format!("layer{i}.img")), 16 << 20))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (layers_list, layers_vmdk) = write_layer_listings(&layers, work.path())?;
     let guest = GuestSpec {
         kernel: kernel.clone(),
         cmdline: guest_cmdline(),
         mem_mib: args.mem_mib,
         vcpus: args.vcpus,
         disk_rw: sparse_disk(&work.path().join("rw.img"), 64 << 20)?,
-        disk_ro: sparse_disk(&work.path().join("ro.img"), 64 << 20)?,
+        layers_list,
+        layers_vmdk,
     };
     let settings = RunSettings {
         interposer: PathBuf::from(env!("KVM_RUN_STAMP_SO")),

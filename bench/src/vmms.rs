@@ -1,6 +1,9 @@
 //! The two VMMs under test and the one guest they both run: same kernel,
-//! command line, memory, vCPUs, two virtio-blk disks (the second read-only),
-//! a virtio-console port on a Unix socket and the serial port to a file.
+//! command line, memory, vCPUs, two virtio-blk disks named by serial as
+//! `husk run` names them (a scratch disk, and the read-only layers disk:
+//! layer files concatenated, through husk-vmm's list file or QEMU's VMDK
+//! descriptor, both written by husk's own code), a virtio-console port on a
+//! Unix socket and the serial port to a file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,10 +35,23 @@ pub struct GuestSpec {
     pub cmdline: String,
     pub mem_mib: u64,
     pub vcpus: u8,
-    /// Attached read-write.
+    /// Attached read-write (serial `husk-scratch`).
     pub disk_rw: PathBuf,
-    /// Attached read-only.
-    pub disk_ro: PathBuf,
+    /// The layers disk as husk-vmm gets it: a list file of layer images
+    /// (see [`write_layer_listings`]), serial `husk-layers`.
+    pub layers_list: PathBuf,
+    /// The same layers as QEMU gets them: a VMDK descriptor.
+    pub layers_vmdk: PathBuf,
+}
+
+/// Writes the layers disk's two descriptions for `layers` into `dir` with
+/// husk's own code, as `husk run` does: returns (husk-vmm list, VMDK).
+pub fn write_layer_listings(layers: &[PathBuf], dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let list = dir.join("layers.list");
+    let vmdk = dir.join("layers.vmdk");
+    std::fs::write(&list, husk::sandbox::husk_vmm::concat_listing(layers)?)?;
+    std::fs::write(&vmdk, husk::sandbox::qemu::vmdk_descriptor(layers)?)?;
+    Ok((list, vmdk))
 }
 
 /// Per-run paths: each run gets a fresh socket and serial log.
@@ -68,9 +84,12 @@ pub fn command(vmm: Vmm, program: &Path, guest: &GuestSpec, paths: &RunPaths) ->
                 .args(["--vcpus", &guest.vcpus.to_string()])
                 .args(["--mem-mib", &guest.mem_mib.to_string()])
                 .arg("--disk")
-                .arg(&guest.disk_rw)
+                .arg(format!("{},serial=husk-scratch", guest.disk_rw.display()))
                 .arg("--disk")
-                .arg(format!("{}:ro", guest.disk_ro.display()))
+                .arg(format!(
+                    "{}:ro,concat,serial=husk-layers",
+                    guest.layers_list.display()
+                ))
                 .arg("--console-socket")
                 .arg(&paths.console_socket)
                 .arg("--serial-log")
@@ -94,13 +113,13 @@ pub fn command(vmm: Vmm, program: &Path, guest: &GuestSpec, paths: &RunPaths) ->
                     "id=d0,file={},format=raw,if=none",
                     guest.disk_rw.display()
                 ))
-                .args(["-device", "virtio-blk-device,drive=d0"])
+                .args(["-device", "virtio-blk-device,drive=d0,serial=husk-scratch"])
                 .arg("-drive")
                 .arg(format!(
-                    "id=d1,file={},format=raw,if=none,readonly=on",
-                    guest.disk_ro.display()
+                    "id=d1,file={},format=vmdk,if=none,readonly=on",
+                    guest.layers_vmdk.display()
                 ))
-                .args(["-device", "virtio-blk-device,drive=d1"])
+                .args(["-device", "virtio-blk-device,drive=d1,serial=husk-layers"])
                 .arg("-chardev")
                 .arg(format!(
                     "socket,id=c0,path={},server=on,wait=off",
@@ -124,7 +143,8 @@ mod tests {
             mem_mib: 256,
             vcpus: 1,
             disk_rw: "/d/rw.img".into(),
-            disk_ro: "/d/ro.img".into(),
+            layers_list: "/d/layers.list".into(),
+            layers_vmdk: "/d/layers.vmdk".into(),
         }
     }
 
@@ -152,7 +172,6 @@ mod tests {
             );
             assert!(list.contains(&mem.to_owned()), "{list:?}");
             assert!(list.iter().any(|a| a.contains("/d/rw.img")), "{list:?}");
-            assert!(list.iter().any(|a| a.contains("/d/ro.img")), "{list:?}");
             assert!(
                 list.iter().any(|a| a.contains("/run/console.sock")),
                 "{list:?}"
@@ -162,11 +181,15 @@ mod tests {
                 "{list:?}"
             );
         }
-        assert!(husk.contains(&"/d/ro.img:ro".to_owned()));
+        assert!(husk.contains(&"/d/layers.list:ro,concat,serial=husk-layers".to_owned()));
+        assert!(husk.contains(&"/d/rw.img,serial=husk-scratch".to_owned()));
         assert!(husk.contains(&"--no-nested-pvm-workarounds".to_owned()));
         assert!(qemu
             .iter()
-            .any(|a| a.ends_with("ro.img,format=raw,if=none,readonly=on")));
+            .any(|a| a.ends_with("layers.vmdk,format=vmdk,if=none,readonly=on")));
+        assert!(qemu
+            .iter()
+            .any(|a| a == "virtio-blk-device,drive=d1,serial=husk-layers"));
         assert_eq!(
             qemu.iter()
                 .filter(|a| a.starts_with("virtio-blk-device"))

@@ -77,14 +77,7 @@ impl HuskVmmBackend {
             let mut spec = match &disk.image {
                 DiskImage::File(path) => vmm_path(path)?,
                 DiskImage::Concat { parts, listing } => {
-                    // Checked here so that a bad part is named before boot.
-                    concat_part_sizes(parts)?;
-                    let mut text = String::new();
-                    for part in parts {
-                        text.push_str(&vmm_path(part)?);
-                        text.push('\n');
-                    }
-                    write_listing(listing, &text)?;
+                    write_listing(listing, &concat_listing(parts)?)?;
                     vmm_path(listing)?
                 }
             };
@@ -111,6 +104,18 @@ impl HuskVmmBackend {
         cmd.arg("--serial-log").arg(&config.serial_log);
         Ok(cmd)
     }
+}
+
+/// The list file of a concatenated disk as husk-vmm reads it (one path a
+/// line), its parts checked first so that a bad one is named before boot.
+pub fn concat_listing(parts: &[PathBuf]) -> Result<String, BackendError> {
+    concat_part_sizes(parts)?;
+    let mut text = String::new();
+    for part in parts {
+        text.push_str(&vmm_path(part)?);
+        text.push('\n');
+    }
+    Ok(text)
 }
 
 /// A path as husk-vmm's `--disk` syntax and list files take it: `:` and `,`

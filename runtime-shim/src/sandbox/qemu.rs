@@ -69,11 +69,16 @@ impl QemuBackend {
             "socket,id=agent,path={},server=on,wait=on",
             qemu_path(&config.console_socket)?
         ));
+        // A named serial port, not a virtconsole: QEMU drops what a console
+        // port's guest writes while the socket is full (consoles are never
+        // throttled), which tears the agent's frames apart under load; a
+        // serial port stalls the guest's writes instead. The agent finds
+        // the port by its name (/dev/vportNpM).
         cmd.args([
             "-device",
             "virtio-serial-device",
             "-device",
-            "virtconsole,chardev=agent",
+            "virtserialport,chardev=agent,name=org.husk.agent",
         ]);
         for (index, disk) in config.disks.iter().enumerate() {
             disk.check_serial()?;
@@ -124,7 +129,7 @@ impl VmBackend for QemuBackend {
 /// concatenation driver). Extents are counted in 512-byte sectors. The
 /// access word is RW because QEMU's reader takes no other for flat extents;
 /// the drive itself is opened read-only.
-fn vmdk_descriptor(parts: &[std::path::PathBuf]) -> Result<String, BackendError> {
+pub fn vmdk_descriptor(parts: &[std::path::PathBuf]) -> Result<String, BackendError> {
     let sizes = concat_part_sizes(parts)?;
     let mut text = String::from(
         "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n# Extent description\n",
