@@ -274,13 +274,8 @@ cmd_run() {
 
 	local kernel=$cache/vmlinuz
 	[[ ! -f $cache/vmlinux ]] || kernel=$cache/vmlinux
-	# One TCG thread for all of L1's vCPUs (HUSK_TESTBED_TCG_THREAD=multi
-	# for one each): with multi-threaded TCG, L1's kernel was seen to
-	# lock up on both vCPUs at once ("soft lockup - CPU#0/#1 stuck"),
-	# mid-suite, under emulated SVM; single-threaded TCG is slower but
-	# does not race emulated CPUs against each other.
 	local qemu=(
-		qemu-system-x86_64 -accel "tcg,thread=${HUSK_TESTBED_TCG_THREAD:-single},tb-size=512" -cpu max -M q35
+		qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max -M q35
 		-smp "$smp" -m "${mem}M" -nodefaults -no-user-config -display none -no-reboot
 		-kernel "$kernel" -initrd "$cache/initramfs.cpio.gz"
 		-append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off ${HUSK_TESTBED_APPEND:-}"
