@@ -117,7 +117,7 @@ export HUSK_KERNEL HUSK_AGENT HUSK_VMM
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-"$root/tests/kvm-testbed/testbed.sh" run --timeout "${HUSK_TESTBED_TIMEOUT:-2400}" \
+"$root/tests/kvm-testbed/testbed.sh" run --timeout "${HUSK_TESTBED_TIMEOUT:-1500}" \
 	-- "$root/tests/kvm-testbed/suite.sh" --inside "${bins[@]}" -- "$@" | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
