@@ -112,6 +112,19 @@ fn remove_at_exit(path: &Path) {
     }
 }
 
+impl Drop for RunEnv {
+    /// A test that failed half-way (e.g. with a `run -d` container still
+    /// up) takes its containers down: every process that names this test's
+    /// store (monitors, VMs, husk runs) is killed; a VM dies with its
+    /// monitor. After a passing test, `assert_clean` found none.
+    fn drop(&mut self) {
+        for (pid, _) in processes_mentioning(self.store.root()) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 impl RunEnv {
     /// `husk --store S run --backend B ARGS` with the kernel and agent set.
     pub fn command(&self, args: &[&str]) -> Command {
