@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub mod fixtures;
+pub mod procs;
 pub mod testbed;
 
 /// The cargo target profile directory holding the workspace binaries

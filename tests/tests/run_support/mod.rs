@@ -7,9 +7,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use husk_e2e::fixtures::{self, Format, TestStore};
 
@@ -186,66 +186,7 @@ impl RunEnv {
     }
 }
 
-/// Waits for `child`, killing it and failing the test after `timeout`.
-pub fn wait_with_timeout(mut child: Child, timeout: Duration, what: &[&str]) -> Output {
-    // Pipes the caller already took are read as empty.
-    let out_reader = read_all(child.stdout.take());
-    let err_reader = read_all(child.stderr.take());
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait husk") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("husk run {what:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
-    }
-}
-
-fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
-
-/// Pids whose command line mentions `path` (other than this test process).
-pub fn processes_mentioning(path: &Path) -> Vec<(u32, String)> {
-    let needle = path.to_string_lossy().into_owned();
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            found.push((pid, cmdline));
-        }
-    }
-    found
-}
-
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+pub use husk_e2e::procs::{processes_mentioning, text, wait_with_timeout};
 
 /// Asserts the run exited with `code`, showing its output otherwise.
 pub fn assert_code(out: &Output, code: i32) {
