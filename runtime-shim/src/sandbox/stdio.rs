@@ -264,7 +264,7 @@ fn forward_signal(
 }
 
 /// Writes all of `data` to a blocking or non-blocking fd.
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match nix::unistd::write(fd, data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -2,15 +2,13 @@
 //! bounded container log), and its stdin source.
 
 use std::fs::{self, File};
-use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use husk_protocol::{RecvWindow, SendCredit};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::MAX_CONTAINER_LOG;
-use crate::sandbox::agent_client::TICK;
+use crate::sandbox::stdio::write_all;
 
 /// Output of one process to the host.
 pub(super) struct Sink {
@@ -66,24 +64,4 @@ pub(super) struct Proc {
     pub(super) stdin_credit: SendCredit,
     pub(super) stdout: Sink,
     pub(super) stderr: Sink,
-}
-
-/// Writes all of `data` to a blocking or non-blocking fd.
-pub(super) fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match nix::unistd::write(fd, data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(nix::Error::EINTR) => {}
-            Err(nix::Error::EAGAIN) => {
-                let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-                let _ = nix::poll::poll(
-                    &mut fds,
-                    PollTimeout::try_from(TICK).unwrap_or(PollTimeout::ZERO),
-                );
-            }
-            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
-        }
-    }
-    Ok(())
 }
