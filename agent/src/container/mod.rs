@@ -3,6 +3,7 @@
 
 pub mod capabilities;
 pub mod cgroups;
+pub mod devices;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
@@ -271,6 +272,12 @@ impl Container {
             linux.resources().as_ref(),
         )
         .map_err(|err| StepError::new("cgroup limits", err))?;
+        // Before any process joins: the container never holds a device
+        // outside its policy, not even during setup.
+        let device_rules =
+            devices::rules(linux).map_err(|err| StepError::new("device policy", err))?;
+        devices::attach(&cgroup, &devices::program(&device_rules))
+            .map_err(|err| StepError::new("device cgroup", err))?;
 
         let terminal = process.terminal().unwrap_or(false);
         let (parent_stdio, child_stdio) =

@@ -331,7 +331,11 @@ impl VmProcess {
             ("its log", &self.vmm_log),
             ("guest console", &self.serial_log),
         ] {
-            let tail = tail_of_file(path, 1500);
+            // Both logs carry guest-controlled text.
+            let tail = super::printable::printable(
+                &tail_of_file(path, 1500),
+                super::printable::Lines::Keep,
+            );
             if !tail.trim().is_empty() {
                 text.push_str(&format!(
                     "\n--- {label} ({}) ---\n{}",

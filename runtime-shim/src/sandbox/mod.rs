@@ -14,6 +14,7 @@ pub mod husk_vmm;
 pub mod initramfs;
 pub mod launch;
 pub mod layers;
+pub mod printable;
 pub mod qemu;
 pub mod rundir;
 pub mod select;
