@@ -128,7 +128,7 @@ impl Vm {
         let guest_panicked = Arc::new(AtomicBool::new(false));
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             serial_irq(&vm_fd)?,
-            serial_sink(&config.serial, &guest_panicked)?,
+            serial_sink(&config.serial, config.serial_log_cap, &guest_panicked)?,
         )));
         pio.insert(SERIAL_PORT_BASE, SERIAL_PORT_LEN, serial.clone())?;
         pio.insert(
@@ -355,16 +355,23 @@ fn serial_irq(vm_fd: &VmFd) -> Result<EventFd, VmError> {
     Ok(evt)
 }
 
-fn serial_sink(output: &SerialOutput, panicked: &Arc<AtomicBool>) -> Result<SerialSink, VmError> {
+fn serial_sink(
+    output: &SerialOutput,
+    cap: u64,
+    panicked: &Arc<AtomicBool>,
+) -> Result<SerialSink, VmError> {
     let sink: SerialSink = match output {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::None => Box::new(std::io::sink()),
-        SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| VmError::SerialLog {
+        // A file fills up from the guest's output alone: capped.
+        SerialOutput::File(path) => Box::new(crate::logcap::CappedWriter::new(
+            File::create(path).map_err(|source| VmError::SerialLog {
                 path: path.clone(),
                 source,
-            })?)
-        }
+            })?,
+            cap,
+            "serial log",
+        )),
     };
     Ok(Box::new(PanicWatch::new(sink, panicked.clone())))
 }
