@@ -104,6 +104,26 @@ struct Args {
     /// Run raw 32-bit code loaded at 1 MiB instead of a kernel (VMM tests).
     #[arg(long, value_name = "PATH")]
     raw_payload: Option<PathBuf>,
+    /// Jail: an empty directory that becomes the VMM's root, in its own
+    /// mount, IPC, UTS, network and PID namespaces, once everything is
+    /// open (before the first KVM_RUN).
+    #[arg(long, value_name = "DIR")]
+    jail_root: Option<PathBuf>,
+    /// Jail: the user id to run as once set up (all capabilities are
+    /// dropped in any case).
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Jail: the group id to run as once set up.
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Run without the per-thread seccomp filters (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Debug builds: make a device worker thread break its seccomp filter
+    /// (the process must die of SIGSYS).
+    #[cfg(debug_assertions)]
+    #[arg(long, hide = true)]
+    debug_seccomp_violation: bool,
     /// Log filter for stderr (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -187,6 +207,14 @@ fn main() -> ExitCode {
     };
     raise_open_file_limit();
 
+    let jail = husk_vmm::jail::JailConfig {
+        root: args.jail_root.clone(),
+        uid: args.uid,
+        gid: args.gid,
+        seccomp: !args.no_seccomp,
+    };
+    #[cfg(debug_assertions)]
+    let violate = args.debug_seccomp_violation;
     let config = args.into_config();
     let vm = match Vm::new(&config, process_start) {
         Ok(vm) => vm,
@@ -195,6 +223,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Boot set-up is done: everything the VM needs is open.
+    if let Err(e) = husk_vmm::jail::enter(&jail) {
+        eprintln!("husk-vmm: {e}");
+        return ExitCode::FAILURE;
+    }
+    #[cfg(debug_assertions)]
+    if violate {
+        if let Err(e) = husk_vmm::devices::virtio::seccomp_violation_self_test() {
+            eprintln!("husk-vmm: {e}");
+        }
+    }
     if let Some(stop) = &stop_signals {
         stop.attach(vm.exit_sender());
     }

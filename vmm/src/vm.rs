@@ -210,6 +210,11 @@ impl Vm {
         if self.serial_input && std::io::stdin().is_terminal() {
             forward_stdin(self.serial.clone());
         }
+        // The vCPU threads are started (each filtered as a vCPU): now this
+        // thread's own filter.
+        if let Err(e) = crate::jail::seccomp::apply(crate::jail::seccomp::ThreadKind::Main) {
+            let _ = self.exit_tx.send(VmExitReason::VmmError(e.to_string()));
+        }
 
         // Our own sender keeps the channel open, so this only returns with
         // a reason.
@@ -420,6 +425,10 @@ fn forward_stdin(serial: Arc<Mutex<SerialDevice>>) {
     let spawned = std::thread::Builder::new()
         .name("serial-stdin".into())
         .spawn(move || {
+            // Reads stdin, writes the UART: a worker's needs.
+            if crate::jail::seccomp::apply(crate::jail::seccomp::ThreadKind::Worker).is_err() {
+                return;
+            }
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 64];
             loop {

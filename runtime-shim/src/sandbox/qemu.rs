@@ -58,6 +58,12 @@ impl QemuBackend {
             cmd.args(["-cpu", "host"]);
         }
         cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        // QEMU's own seccomp filter: no obsolete syscalls, no set*id, no
+        // spawning programs, no scheduler or affinity changes.
+        cmd.args([
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
         cmd.arg("-serial").arg(format!("file:{serial}"));
         cmd.arg("-kernel").arg(&config.kernel);
         cmd.arg("-initrd").arg(&config.initramfs);
@@ -242,6 +248,12 @@ mod tests {
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(!a.contains("-cpu host"), "{a}");
         assert!(a.contains("-serial file:/r/serial.log"), "{a}");
+        assert!(
+            a.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "{a}"
+        );
         assert!(a.contains("-m 320 -smp 2"), "{a}");
         assert!(
             a.contains("socket,id=agent,path=/r/console.sock,server=on,wait=on"),

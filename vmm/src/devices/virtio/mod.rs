@@ -48,6 +48,8 @@ pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_utils;
 mod worker;
+#[cfg(debug_assertions)]
+pub use worker::seccomp_violation_self_test;
 
 pub use device::{ActivateError, VirtioDevice};
 pub use interrupt::Interrupt;
