@@ -43,6 +43,8 @@
 pub mod block;
 pub mod console;
 mod device;
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod interrupt;
 pub mod mmio;
 #[cfg(test)]
