@@ -6,8 +6,9 @@
 //!   a device activation does on the vCPU thread (eventfds, epoll, spawning
 //!   a worker, whose filter starts as a copy of this one).
 //! - device worker: epoll, eventfds, disk I/O, the console socket; no
-//!   ioctl, no thread creation.
-//! - main: waiting for the exit reason, kicking and joining the vCPUs.
+//!   KVM ioctl, no thread creation.
+//! - main: waiting for the exit reason, kicking and joining the vCPUs,
+//!   tearing the devices down.
 //!
 //! A violation traps (SIGSYS): the handler writes which syscall to stderr
 //! (the VMM log) and the process dies of SIGSYS.
@@ -113,24 +114,33 @@ const SPAWN: &[libc::c_long] = &[
     libc::SYS_seccomp,
 ];
 
-/// The ioctl types the VMM issues after set-up: KVM's (0xAE: KVM_RUN,
-/// register reads for error reports, irqfd/ioeventfd on activation) and
-/// the two terminal/fd ones std uses (TCGETS for isatty, FIONBIO).
+/// The ioctls the VMM issues after set-up: KVM's (type 0xAE: KVM_RUN,
+/// register reads for error reports, irqfd/ioeventfd on activation; not
+/// for workers) and the fd ones: FIONBIO (std's set_nonblocking, on the
+/// console's accepted client), FIONREAD (the console's bytes waiting) and
+/// TCGETS (isatty).
 const KVM_IOCTL_TYPE: u64 = 0xAE;
 const TCGETS: u64 = 0x5401;
+const FIONREAD: u64 = 0x541B;
 const FIONBIO: u64 = 0x5421;
 
-fn ioctl_rules() -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+fn ioctl_rules(kvm: bool) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
     let request = |op, value| SeccompCondition::new(1, SeccompCmpArgLen::Dword, op, value);
-    Ok(vec![
+    let mut rules = Vec::new();
+    if kvm {
         // _IOC type byte is bits 8..16 of the request.
-        SeccompRule::new(vec![request(
+        rules.push(SeccompRule::new(vec![request(
             SeccompCmpOp::MaskedEq(0xff00),
             KVM_IOCTL_TYPE << 8,
-        )?])?,
-        SeccompRule::new(vec![request(SeccompCmpOp::Eq, TCGETS)?])?,
-        SeccompRule::new(vec![request(SeccompCmpOp::Eq, FIONBIO)?])?,
-    ])
+        )?])?);
+    }
+    for fd_ioctl in [TCGETS, FIONREAD, FIONBIO] {
+        rules.push(SeccompRule::new(vec![request(
+            SeccompCmpOp::Eq,
+            fd_ioctl,
+        )?])?);
+    }
+    Ok(rules)
 }
 
 /// The syscalls of `kind` and their argument rules (empty = any).
@@ -155,11 +165,12 @@ pub fn rules(
         ThreadKind::Main => {
             allow(SPAWN);
             allow(&[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_epoll_wait]);
+            // Tear-down: the console removes its socket (outside a jail;
+            // inside, the path no longer resolves).
+            allow(&[libc::SYS_unlink, libc::SYS_unlinkat]);
         }
     }
-    if kind != ThreadKind::Worker {
-        rules.insert(libc::SYS_ioctl, ioctl_rules()?);
-    }
+    rules.insert(libc::SYS_ioctl, ioctl_rules(kind != ThreadKind::Worker)?);
     Ok(rules)
 }
 
@@ -301,8 +312,10 @@ mod tests {
             assert!(!program(kind).unwrap().is_empty());
         }
         let worker = rules(ThreadKind::Worker).unwrap();
+        // Only the three fd ioctls, no KVM one.
+        assert_eq!(worker[&libc::SYS_ioctl].len(), 3);
+        assert_eq!(rules(ThreadKind::Vcpu).unwrap()[&libc::SYS_ioctl].len(), 4);
         for forbidden in [
-            libc::SYS_ioctl,
             libc::SYS_clone,
             libc::SYS_clone3,
             libc::SYS_execve,
