@@ -10,6 +10,7 @@ pub mod process;
 pub mod seccomp;
 pub mod stdio;
 mod syscall_table;
+mod unsupported;
 mod users;
 
 use std::fs::{self, File};
@@ -209,6 +210,12 @@ impl Container {
     pub fn create(request: &CreateContainer) -> Result<(Self, ParentStdio), StepError> {
         validate_id(&request.container_id)?;
         let spec = &request.spec;
+        if let Some(field) = unsupported::first_unsupported(spec) {
+            return Err(StepError::new(
+                "spec",
+                format!("{field} is not supported by husk"),
+            ));
+        }
         let process = spec
             .process()
             .clone()
