@@ -73,6 +73,20 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_statx,
     libc::SYS_newfstatat,
     libc::SYS_fcntl,
+    // Allowed here, answered EACCES by `DENY_OPEN`: libc opens files
+    // behind our back (glibc's malloc reads /sys/devices/system/cpu/online
+    // when a thread first needs an arena) and copes with a failure.
+    libc::SYS_open,
+    libc::SYS_openat,
+];
+
+/// Opening files fails with EACCES in every thread (the jail's root is
+/// empty anyway): a second filter, stacked on each kind's own.
+const DENY_OPEN: &[libc::c_long] = &[
+    libc::SYS_open,
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_creat,
 ];
 
 /// Device workers: their event loop, the disk, the console socket.
@@ -187,10 +201,27 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     BpfProgram::try_from(filter).map_err(build)
 }
 
+/// The filter that makes opening files fail with EACCES.
+pub fn deny_open_program() -> Result<BpfProgram, SeccompError> {
+    let build = |err| SeccompError::Build(ThreadKind::Main, err);
+    let rules = DENY_OPEN
+        .iter()
+        .map(|number| (*number, Vec::new()))
+        .collect::<BTreeMap<_, _>>();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    BpfProgram::try_from(filter).map_err(build)
+}
+
 /// The filters, compiled once when the jail is entered; threads started
 /// afterwards (vCPUs, workers) install theirs from here. Unset (tests, a
 /// VMM run without the jail): [`apply`] does nothing.
-static FILTERS: OnceLock<[BpfProgram; 3]> = OnceLock::new();
+static FILTERS: OnceLock<[BpfProgram; 4]> = OnceLock::new();
 
 /// Compiles the three filters and installs the SIGSYS reporter; from now
 /// on [`apply`] filters the calling thread.
@@ -200,6 +231,7 @@ pub fn prepare() -> Result<(), SeccompError> {
         program(ThreadKind::Main)?,
         program(ThreadKind::Vcpu)?,
         program(ThreadKind::Worker)?,
+        deny_open_program()?,
     ];
     let _ = FILTERS.set(filters);
     Ok(())
@@ -217,7 +249,8 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
         ThreadKind::Worker => &filters[2],
     };
     THREAD_KIND.with(|cell| cell.set(kind_name(kind)));
-    seccompiler::apply_filter(program).map_err(|err| SeccompError::Install(kind, err))
+    seccompiler::apply_filter(program).map_err(|err| SeccompError::Install(kind, err))?;
+    seccompiler::apply_filter(&filters[3]).map_err(|err| SeccompError::Install(kind, err))
 }
 
 fn kind_name(kind: ThreadKind) -> &'static [u8] {
@@ -319,7 +352,6 @@ mod tests {
             libc::SYS_clone,
             libc::SYS_clone3,
             libc::SYS_execve,
-            libc::SYS_openat,
             libc::SYS_socket,
         ] {
             assert!(!worker.contains_key(&forbidden), "{forbidden}");
@@ -335,13 +367,44 @@ mod tests {
                 "a worker inherits its vCPU's filter: {number}"
             );
         }
-        for forbidden in [
-            libc::SYS_execve,
-            libc::SYS_openat,
-            libc::SYS_open,
-            libc::SYS_socket,
-        ] {
+        for forbidden in [libc::SYS_execve, libc::SYS_socket, libc::SYS_bind] {
             assert!(!vcpu.contains_key(&forbidden), "{forbidden}");
         }
+        assert!(!deny_open_program().unwrap().is_empty());
+    }
+
+    /// In a forked child under a worker's filters: opening a file fails
+    /// with EACCES (not a kill), and a forbidden syscall kills with SIGSYS.
+    #[test]
+    fn opening_fails_with_eacces_and_socket_kills() {
+        let worker = program(ThreadKind::Worker).unwrap();
+        let deny = deny_open_program().unwrap();
+        // SAFETY: the child makes only raw syscalls until _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                if seccompiler::apply_filter(&worker).is_err()
+                    || seccompiler::apply_filter(&deny).is_err()
+                {
+                    libc::_exit(90);
+                }
+                let fd = libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"/".as_ptr(), 0);
+                if fd >= 0 || *libc::__errno_location() != libc::EACCES {
+                    libc::_exit(91);
+                }
+                libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                libc::_exit(92);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "status {status:#x} (exit {})",
+            libc::WEXITSTATUS(status)
+        );
     }
 }
