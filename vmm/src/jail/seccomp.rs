@@ -249,8 +249,10 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
         ThreadKind::Worker => &filters[2],
     };
     THREAD_KIND.with(|cell| cell.set(kind_name(kind)));
-    seccompiler::apply_filter(program).map_err(|err| SeccompError::Install(kind, err))?;
-    seccompiler::apply_filter(&filters[3]).map_err(|err| SeccompError::Install(kind, err))
+    // The open filter first: installing a filter takes prctl and seccomp,
+    // which the kind's own (a worker's) may not allow.
+    seccompiler::apply_filter(&filters[3]).map_err(|err| SeccompError::Install(kind, err))?;
+    seccompiler::apply_filter(program).map_err(|err| SeccompError::Install(kind, err))
 }
 
 fn kind_name(kind: ThreadKind) -> &'static [u8] {
@@ -385,8 +387,8 @@ mod tests {
         if pid == 0 {
             unsafe {
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                if seccompiler::apply_filter(&worker).is_err()
-                    || seccompiler::apply_filter(&deny).is_err()
+                if seccompiler::apply_filter(&deny).is_err()
+                    || seccompiler::apply_filter(&worker).is_err()
                 {
                     libc::_exit(90);
                 }
@@ -401,6 +403,8 @@ mod tests {
         let mut status = 0;
         // SAFETY: waiting for our own child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        // Exit 90/91 would mean the filters did not install or open was
+        // not refused with EACCES; 92 that socket(2) ran.
         assert!(
             libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
             "status {status:#x} (exit {})",
