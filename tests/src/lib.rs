@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 pub mod fixtures;
 pub mod procs;
+pub mod registry;
 pub mod testbed;
 
 /// The cargo target profile directory holding the workspace binaries
