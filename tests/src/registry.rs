@@ -31,7 +31,9 @@ pub fn unavailable() -> Option<String> {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            return Some(format!("{tool} is not installed (apt-get install {package})"));
+            return Some(format!(
+                "{tool} is not installed (apt-get install {package})"
+            ));
         }
     }
     None
@@ -59,12 +61,31 @@ pub fn make_tls(dir: &Path) -> Tls {
         );
     };
     run(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-        "/CN=husk test CA", "-keyout", "ca.key", "-out", "ca.crt",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=husk test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
     ]);
     run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
-        "server.key", "-out", "server.csr",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
     ]);
     std::fs::write(
         dir.join("ext.cnf"),
@@ -72,8 +93,21 @@ pub fn make_tls(dir: &Path) -> Tls {
     )
     .expect("writing ext.cnf");
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
     ]);
     Tls {
         ca_cert: dir.join("ca.crt"),
@@ -356,10 +390,86 @@ fn relay(
         if allowed < n {
             let _ = client_write.flush();
             let _ = cut.send(passed);
-            let _ = go_ahead.lock().unwrap().recv_timeout(Duration::from_secs(60));
+            let _ = go_ahead
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(60));
             break;
         }
     }
     let _ = client_write.shutdown(Shutdown::Both);
     let _ = server_read.shutdown(Shutdown::Both);
+}
+
+/// Pushes an image to a plain-HTTP registry exactly as built (blobs and
+/// manifest byte for byte) with `curl` and the distribution API's two-step
+/// upload: skopeo compresses uncompressed layers on the way to a registry,
+/// and the tests need plain layers and known blob digests there.
+pub fn push_raw(host: &str, repository: &str, tag: &str, image: &crate::fixtures::BuiltImage) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut blobs: Vec<(&str, &[u8])> = vec![(image.id.as_str(), image.config.as_slice())];
+    for layer in &image.layers {
+        blobs.push((layer.digest.as_str(), layer.blob.as_slice()));
+    }
+    let curl = |args: &[&str]| -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body"])
+            .args(args)
+            .output()
+            .expect("running curl");
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (digest, bytes) in blobs {
+        let file = dir.path().join(digest.trim_start_matches("sha256:"));
+        std::fs::write(&file, bytes).expect("writing a blob");
+        let headers = curl(&[
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            &format!("http://{host}/v2/{repository}/blobs/uploads/"),
+        ]);
+        let location = headers
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("location")
+                    .then(|| value.trim().to_string())
+            })
+            .expect("upload location");
+        let location = if location.starts_with('/') {
+            format!("http://{host}{location}")
+        } else {
+            location
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{location}{separator}digest={digest}"),
+        ]);
+    }
+    let manifest = dir.path().join("manifest.json");
+    std::fs::write(&manifest, &image.manifest).expect("writing the manifest");
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {}", crate::fixtures::OCI_MANIFEST),
+        "--data-binary",
+        &format!("@{}", manifest.display()),
+        &format!("http://{host}/v2/{repository}/manifests/{tag}"),
+    ]);
 }

@@ -174,8 +174,18 @@ fn pull_then_run_and_a_second_pull_downloads_nothing() {
     let registry = Registry::plain(storage.path());
     let host = registry.host();
     let (busybox, multi) = (busybox_image(), multi_image());
+    // skopeo stores busybox's plain third layer gzip-compressed; the
+    // multi-layer image goes in byte for byte, its plain layer plain.
     push(&busybox, &host, "busybox:latest");
-    push(&multi, &host, "tools/multi:1.0");
+    registry::push_raw(&host, "tools/multi", "1.0", &multi);
+    let busybox_manifest = registry::skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{host}/busybox:latest"),
+    ]);
+    let pushed: serde_json::Value = serde_json::from_str(&busybox_manifest).unwrap();
+    let busybox_manifest_digest = fixtures::sha256_digest(busybox_manifest.as_bytes());
 
     let store = TestStore::new();
     let home = tempfile::tempdir().unwrap();
@@ -184,28 +194,67 @@ fn pull_then_run_and_a_second_pull_downloads_nothing() {
     assert_eq!(report["name"], format!("{host}/busybox:latest"));
     assert_eq!(report["layers"], 3);
     assert_eq!(report["fetched_layers"], 3);
-    let blob_bytes: usize = busybox.layers.iter().map(|l| l.blob.len()).sum();
-    assert_eq!(report["downloaded_bytes"], blob_bytes as u64);
+    let blob_bytes: u64 = pushed["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(report["downloaded_bytes"], blob_bytes);
+    assert_eq!(report["manifest_digest"], busybox_manifest_digest.as_str());
 
-    // Shares busybox's three layers: only the two others are fetched.
-    let report = pull(&store, home.path(), &host, &format!("{host}/tools/multi:1.0"));
+    // Shares busybox's three layers (same diff IDs, whatever their
+    // compression): only the two others are fetched.
+    let report = pull(
+        &store,
+        home.path(),
+        &host,
+        &format!("{host}/tools/multi:1.0"),
+    );
     assert_eq!(report["id"], multi.id.as_str());
+    assert_eq!(report["manifest_digest"], multi.manifest_digest.as_str());
     assert_eq!(report["layers"], 5);
     assert_eq!(report["fetched_layers"], 2, "{report}");
+    let fetched = (multi.layers[3].blob.len() + multi.layers[4].blob.len()) as u64;
+    assert_eq!(report["downloaded_bytes"], fetched);
+
+    // An image whose layers are gzip, zstd and plain in the registry, into
+    // a store that has none of them.
+    let other = TestStore::new();
+    let report = pull(
+        &other,
+        home.path(),
+        &host,
+        &format!("{host}/tools/multi:1.0"),
+    );
+    assert_eq!(report["fetched_layers"], 5, "{report}");
+    let compressions: Vec<Compression> = multi.layers.iter().map(|l| l.compression).collect();
+    for c in [Compression::Gzip, Compression::Zstd, Compression::None] {
+        assert!(compressions.contains(&c), "{c:?} missing from the fixture");
+    }
+    assert_eq!(
+        other.inspect(&format!("{host}/tools/multi:1.0"))["layers"][2]["diff_id"],
+        multi.layers[2].diff_id.as_str()
+    );
     assert_eq!(layer_count(&store), 5);
 
     // Again: nothing is downloaded, nothing changes.
     let before = store.listing();
-    let report = pull(&store, home.path(), &host, &format!("{host}/busybox:latest"));
+    let report = pull(
+        &store,
+        home.path(),
+        &host,
+        &format!("{host}/busybox:latest"),
+    );
     assert_eq!(report["fetched_layers"], 0);
     assert_eq!(report["downloaded_bytes"], 0);
     assert_eq!(store.listing(), before);
 
     // A digest pin resolves to the same image.
-    let pinned = format!("{host}/busybox@{}", busybox.manifest_digest);
+    let pinned = format!("{host}/busybox@{busybox_manifest_digest}");
     let report = pull(&store, home.path(), &host, &pinned);
     assert_eq!(report["id"], busybox.id.as_str());
-    assert_eq!(report["manifest_digest"], busybox.manifest_digest.as_str());
+    assert_eq!(report["manifest_digest"], busybox_manifest_digest.as_str());
     assert_eq!(report["name"], serde_json::Value::Null);
     assert!(downloads(&store).is_empty(), "{:?}", downloads(&store));
 
@@ -217,12 +266,22 @@ fn pull_then_run_and_a_second_pull_downloads_nothing() {
         Ok(assets) => assets,
         Err(reason) => husk_e2e::skip!("{reason}"),
     };
-    let out = run(&store, &assets, &[&format!("{host}/busybox"), "cat", "/etc/motd"]);
+    let out = run(
+        &store,
+        &assets,
+        &[&format!("{host}/busybox"), "cat", "/etc/motd"],
+    );
     assert_eq!(ok(&out, "run busybox"), "Welcome to a husk microVM.\n");
     let out = run(
         &store,
         &assets,
-        &[&format!("{host}/tools/multi:1.0"), "cat", "/etc/multi-4", "/etc/multi-5", "/etc/release"],
+        &[
+            &format!("{host}/tools/multi:1.0"),
+            "cat",
+            "/etc/multi-4",
+            "/etc/multi-5",
+            "/etc/release",
+        ],
     );
     let stdout = ok(&out, "run multi");
     assert!(stdout.starts_with("four\nfive\n"), "{stdout}");
@@ -273,13 +332,36 @@ fn an_index_chooses_the_platform() {
     let reference = format!("{host}/multiarch");
     let report = pull(&store, home.path(), &host, &reference);
     assert_eq!(report["id"], amd64.id.as_str(), "{report}");
-    assert_eq!(report["manifest_digest"], amd64.manifest_digest.as_str());
-    assert_eq!(report["index_digest"], fixtures::sha256_digest(&index));
+    // skopeo rewrote the manifests (it compresses the plain layer): what
+    // the registry has is what counts.
+    let stored: serde_json::Value = serde_json::from_str(&registry::skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]))
+    .unwrap();
+    let amd64_entry = stored["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .expect("an amd64 entry");
+    assert_eq!(report["manifest_digest"], amd64_entry["digest"]);
+    assert!(report["index_digest"].is_string(), "{report}");
 
     let out = husk(
         &store,
         home.path(),
-        &["pull", "--json", "--insecure-registry", &host, "--platform", "linux/arm64", &reference],
+        &[
+            "pull",
+            "--json",
+            "--insecure-registry",
+            &host,
+            "--platform",
+            "linux/arm64",
+            &reference,
+        ],
     );
     let report: serde_json::Value = serde_json::from_str(&ok(&out, "pull arm64")).unwrap();
     assert_eq!(report["id"], fixtures::sha256_digest(&arm64_config));
@@ -288,11 +370,21 @@ fn an_index_chooses_the_platform() {
     let out = husk(
         &store,
         home.path(),
-        &["pull", "--insecure-registry", &host, "--platform", "linux/s390x", &reference],
+        &[
+            "pull",
+            "--insecure-registry",
+            &host,
+            "--platform",
+            "linux/s390x",
+            &reference,
+        ],
     );
     let err = failed(&out, "pull s390x");
     assert!(err.contains("no image for linux/s390x"), "{err}");
-    assert!(err.contains("linux/amd64") && err.contains("linux/arm64"), "{err}");
+    assert!(
+        err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -304,8 +396,15 @@ fn unknown_images_and_unreachable_registries_say_so() {
     push(&busybox_image(), &host, "busybox:latest");
     let store = TestStore::new();
     let home = tempfile::tempdir().unwrap();
-    for reference in [format!("{host}/nothing-here"), format!("{host}/busybox:nope")] {
-        let out = husk(&store, home.path(), &["pull", "--insecure-registry", &host, &reference]);
+    for reference in [
+        format!("{host}/nothing-here"),
+        format!("{host}/busybox:nope"),
+    ] {
+        let out = husk(
+            &store,
+            home.path(),
+            &["pull", "--insecure-registry", &host, &reference],
+        );
         let err = failed(&out, &reference);
         assert!(err.contains("not found in"), "{err}");
     }
@@ -313,10 +412,18 @@ fn unknown_images_and_unreachable_registries_say_so() {
     let out = husk(
         &store,
         home.path(),
-        &["pull", "--insecure-registry", &closed, &format!("{closed}/busybox")],
+        &[
+            "pull",
+            "--insecure-registry",
+            &closed,
+            &format!("{closed}/busybox"),
+        ],
     );
     let err = failed(&out, "pull from a closed port");
-    assert!(err.contains(&format!("cannot reach registry {closed}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach registry {closed}")),
+        "{err}"
+    );
     // Without --insecure-registry, a plain-HTTP registry is not spoken to
     // in plain text: TLS fails.
     let out = husk(&store, home.path(), &["pull", &format!("{host}/busybox")]);
@@ -343,12 +450,24 @@ fn a_tampered_blob_is_refused_and_nothing_of_it_kept() {
 
     let store = TestStore::new();
     let home = tempfile::tempdir().unwrap();
-    let out = husk(&store, home.path(), &["pull", "--insecure-registry", &host, &format!("{host}/busybox")]);
+    let out = husk(
+        &store,
+        home.path(),
+        &[
+            "pull",
+            "--insecure-registry",
+            &host,
+            &format!("{host}/busybox"),
+        ],
+    );
     let err = failed(&out, "pull of a tampered blob");
     assert!(err.contains(&base.digest), "{err}");
     assert!(err.contains("does not match its digest"), "{err}");
     let hex = base.digest.trim_start_matches("sha256:");
-    let kept: Vec<String> = downloads(&store).into_iter().filter(|n| n.starts_with(hex)).collect();
+    let kept: Vec<String> = downloads(&store)
+        .into_iter()
+        .filter(|n| n.starts_with(hex))
+        .collect();
     assert!(kept.is_empty(), "kept: {kept:?}");
     assert_eq!(layer_count(&store), 0);
     assert!(!ok(&store.husk(&["image", "ls"]), "ls").contains("busybox"));
@@ -361,7 +480,7 @@ fn an_interrupted_pull_resumes_and_ends_verified() {
     let mut registry = Registry::plain(storage.path());
     let host = registry.host();
     let image = big_image(48 << 20);
-    push(&image, &host, "big:latest");
+    registry::push_raw(&host, "big", "latest", &image);
 
     // The client goes through a relay that stops the big blob after 8 MiB;
     // then the registry is killed, as a crash mid-blob.
@@ -372,7 +491,16 @@ fn an_interrupted_pull_resumes_and_ends_verified() {
     let child = Command::new(&store.husk)
         .arg("--store")
         .arg(store.root())
-        .args(["pull", "--insecure-registry", &via, &format!("{via}/big")])
+        // One blob at a time: the small base layer is complete before the
+        // big one starts.
+        .args([
+            "pull",
+            "--max-concurrent-downloads",
+            "1",
+            "--insecure-registry",
+            &via,
+            &format!("{via}/big"),
+        ])
         .env("HOME", home.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -387,20 +515,46 @@ fn an_interrupted_pull_resumes_and_ends_verified() {
     relay.release();
     let out = wait_with_timeout(child, PULL_TIMEOUT, &["pull", "big"]);
     let err = failed(&out, "interrupted pull");
-    assert!(err.contains("interrupted") || err.contains("cannot reach"), "{err}");
+    assert!(
+        err.contains("interrupted") || err.contains("cannot reach"),
+        "{err}"
+    );
     let big = &image.layers[1];
-    let partial = store
-        .root()
-        .join("tmp/downloads")
-        .join(format!("{}.partial", big.digest.trim_start_matches("sha256:")));
-    let kept = std::fs::metadata(&partial).expect("the partial blob is kept").len();
-    assert!(kept > 0 && kept <= passed, "kept {kept} of {passed} relayed bytes");
-    assert_eq!(layer_count(&store), 1, "only the small base layer was built");
+    let partial = store.root().join("tmp/downloads").join(format!(
+        "{}.partial",
+        big.digest.trim_start_matches("sha256:")
+    ));
+    let kept = std::fs::metadata(&partial)
+        .expect("the partial blob is kept")
+        .len();
+    assert!(
+        kept > 0 && kept <= passed,
+        "kept {kept} of {passed} relayed bytes"
+    );
+    // Nothing is built before every blob is here; the small base layer's
+    // blob is complete and verified, kept for the next pull.
+    assert_eq!(layer_count(&store), 0);
+    let base_hex = image.layers[0].digest.trim_start_matches("sha256:");
+    assert!(
+        downloads(&store).iter().any(|n| n == base_hex),
+        "{:?}",
+        downloads(&store)
+    );
 
     // The registry comes back; the pull resumes where it stopped.
     registry.restart();
     relay.disarm();
-    let out = husk(&store, home.path(), &["pull", "--json", "--insecure-registry", &via, &format!("{via}/big")]);
+    let out = husk(
+        &store,
+        home.path(),
+        &[
+            "pull",
+            "--json",
+            "--insecure-registry",
+            &via,
+            &format!("{via}/big"),
+        ],
+    );
     let report: serde_json::Value = serde_json::from_str(&ok(&out, "resumed pull")).unwrap();
     assert_eq!(report["id"], image.id.as_str());
     assert_eq!(report["resumed_bytes"], kept, "{report}");
@@ -429,12 +583,16 @@ fn tls_registry_with_basic_auth() {
     let layout_dir = tempfile::tempdir().unwrap();
     let layout = layout_dir.path().join("layout");
     fixtures::write(std::slice::from_ref(&image), Format::OciDir, &layout).unwrap();
+    // skopeo's cert dir holds CA certificates (*.crt) only.
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(&tls.ca_cert, certs.join("ca.crt")).unwrap();
     registry::skopeo(&[
         "copy",
         "--dest-creds",
         "husk:s3cret",
         "--dest-cert-dir",
-        dir.path().to_str().unwrap(),
+        certs.to_str().unwrap(),
         &format!("oci:{}:latest", layout.display()),
         &format!("docker://{host}/private/busybox:latest"),
     ]);
@@ -444,10 +602,19 @@ fn tls_registry_with_basic_auth() {
     let home = tempfile::tempdir().unwrap();
 
     // Without the CA: the certificate is not trusted.
-    let err = failed(&husk(&store, home.path(), &["pull", &reference]), "pull without CA");
-    assert!(err.contains("cannot reach registry") && err.to_lowercase().contains("certificate"), "{err}");
+    let err = failed(
+        &husk(&store, home.path(), &["pull", &reference]),
+        "pull without CA",
+    );
+    assert!(
+        err.contains("cannot reach registry") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
     // With the CA but no credentials, then wrong ones: unauthorized.
-    let err = failed(&husk(&store, home.path(), &["pull", "--ca-file", ca, &reference]), "anonymous pull");
+    let err = failed(
+        &husk(&store, home.path(), &["pull", "--ca-file", ca, &reference]),
+        "anonymous pull",
+    );
     assert!(err.contains("unauthorized"), "{err}");
     let out = husk(
         &store,
@@ -462,20 +629,47 @@ fn tls_registry_with_basic_auth() {
     let docker_dir = home.path().join(".docker");
     std::fs::create_dir_all(&docker_dir).unwrap();
     let encode = |s: &str| {
-        let out = Command::new("base64").arg("-w0").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let out = Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         use std::io::Write;
         let mut child = out;
         child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
         text(&child.wait_with_output().unwrap().stdout)
     };
     let docker_config = docker_dir.join("config.json");
-    std::fs::write(&docker_config, format!(r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#, encode("husk:nope"))).unwrap();
-    let err = failed(&husk(&store, home.path(), &["pull", "--ca-file", ca, &reference]), "pull with wrong credentials");
+    std::fs::write(
+        &docker_config,
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            encode("husk:nope")
+        ),
+    )
+    .unwrap();
+    let err = failed(
+        &husk(&store, home.path(), &["pull", "--ca-file", ca, &reference]),
+        "pull with wrong credentials",
+    );
     assert!(err.contains("unauthorized"), "{err}");
     // Docker's own file is read when husk has none.
-    std::fs::write(&docker_config, format!(r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#, encode("husk:s3cret"))).unwrap();
-    let out = husk(&store, home.path(), &["pull", "--json", "--ca-file", ca, &reference]);
-    let report: serde_json::Value = serde_json::from_str(&ok(&out, "pull with docker's credentials")).unwrap();
+    std::fs::write(
+        &docker_config,
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            encode("husk:s3cret")
+        ),
+    )
+    .unwrap();
+    let out = husk(
+        &store,
+        home.path(),
+        &["pull", "--json", "--ca-file", ca, &reference],
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&out, "pull with docker's credentials")).unwrap();
     assert_eq!(report["id"], image.id.as_str());
     std::fs::remove_file(&docker_config).unwrap();
 
@@ -483,12 +677,28 @@ fn tls_registry_with_basic_auth() {
     let out = husk(
         &store,
         home.path(),
-        &["login", "--ca-file", ca, "-u", "husk", "--password-stdin", &host],
+        &[
+            "login",
+            "--ca-file",
+            ca,
+            "-u",
+            "husk",
+            "--password-stdin",
+            &host,
+        ],
     );
     // --password-stdin with stdin closed reads an empty password: refused.
     failed(&out, "login with an empty password");
     let mut child = Command::new(&store.husk)
-        .args(["login", "--ca-file", ca, "-u", "husk", "--password-stdin", &host])
+        .args([
+            "login",
+            "--ca-file",
+            ca,
+            "-u",
+            "husk",
+            "--password-stdin",
+            &host,
+        ])
         .env("HOME", home.path())
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("HUSK_AUTH_FILE")
@@ -503,14 +713,28 @@ fn tls_registry_with_basic_auth() {
     }
     ok(&wait_with_timeout(child, PULL_TIMEOUT, &["login"]), "login");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&auth_file).expect("credentials stored").permissions().mode();
+    let mode = std::fs::metadata(&auth_file)
+        .expect("credentials stored")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let fresh = TestStore::new();
-    let out = husk(&fresh, home.path(), &["pull", "--json", "--ca-file", ca, &reference]);
+    let out = husk(
+        &fresh,
+        home.path(),
+        &["pull", "--json", "--ca-file", ca, &reference],
+    );
     let report: serde_json::Value = serde_json::from_str(&ok(&out, "pull after login")).unwrap();
     assert_eq!(report["id"], image.id.as_str());
     assert_eq!(report["fetched_layers"], 3);
     ok(&husk(&fresh, home.path(), &["logout", &host]), "logout");
-    let err = failed(&husk(&TestStore::new(), home.path(), &["pull", "--ca-file", ca, &reference]), "pull after logout");
+    let err = failed(
+        &husk(
+            &TestStore::new(),
+            home.path(),
+            &["pull", "--ca-file", ca, &reference],
+        ),
+        "pull after logout",
+    );
     assert!(err.contains("unauthorized"), "{err}");
 }

@@ -41,7 +41,7 @@ pub enum Command {
     /// Forget the credentials of a registry.
     Logout(cli::registry::LogoutArgs),
     /// Run a command in a new container, in its own microVM.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// List containers (running; -a for all).
     Ps(cli::containers::PsArgs),
     /// Run a command in a running container.
@@ -57,9 +57,7 @@ pub enum Command {
     /// Containers in detail (JSON).
     Inspect(cli::containers::InspectArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// Write man pages (husk.1 and one per subcommand) into a directory.
     #[command(hide = true)]
     Man { dir: PathBuf },
@@ -69,7 +67,10 @@ pub enum Command {
 fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<i32> {
     use clap::CommandFactory;
     fn render(cmd: &clap::Command, name: String, dir: &std::path::Path) -> anyhow::Result<()> {
-        let cmd = cmd.clone().name(name.clone()).bin_name(name.replace('-', " "));
+        let cmd = cmd
+            .clone()
+            .display_name(name.clone())
+            .bin_name(name.replace('-', " "));
         let mut page = Vec::new();
         clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
         std::fs::write(dir.join(format!("{name}.1")), page)?;
@@ -112,7 +113,7 @@ fn main() {
         Command::Pull(args) => cli::registry::pull(&cli.store, args),
         Command::Login(args) => cli::registry::login(args),
         Command::Logout(args) => cli::registry::logout(args),
-        Command::Run(args) => cli::run::run(&cli.store, args),
+        Command::Run(args) => cli::run::run(&cli.store, *args),
         Command::Ps(args) => cli::containers::ps(&cli.store, args),
         Command::Exec(args) => cli::containers::exec(&cli.store, args),
         Command::Logs(args) => cli::containers::logs(&cli.store, args),

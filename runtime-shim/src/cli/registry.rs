@@ -16,7 +16,12 @@ use std::path::{Path, PathBuf};
 pub struct RegistryArgs {
     /// Speak plain HTTP to this registry (HOST:PORT); repeatable. Only the
     /// registries listed here are ever reached without TLS.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT", env = "HUSK_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        env = "HUSK_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registry: Vec<String>,
     /// Trust this PEM CA certificate besides the system's; repeatable.
     #[arg(long = "ca-file", value_name = "PEM")]
@@ -30,7 +35,9 @@ pub struct RegistryArgs {
 
 impl RegistryArgs {
     fn auth_file(&self) -> PathBuf {
-        self.authfile.clone().unwrap_or_else(auth::default_auth_file)
+        self.authfile
+            .clone()
+            .unwrap_or_else(auth::default_auth_file)
     }
 
     pub fn options(&self) -> RegistryOptions {
@@ -183,7 +190,10 @@ pub fn login(args: LoginArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("logging in to {registry}"))?;
     let file = args.registry_args.auth_file();
     auth::store(&file, &registry, &credentials)?;
-    println!("Login Succeeded ({registry}; credentials in {})", file.display());
+    println!(
+        "Login Succeeded ({registry}; credentials in {})",
+        file.display()
+    );
     Ok(0)
 }
 

@@ -103,7 +103,8 @@ impl Layout {
 
     /// Held while a blob is downloaded into [`Self::downloads_dir`].
     pub fn download_lock(&self, blob: &Digest) -> PathBuf {
-        self.locks_dir().join(format!("download-{}.lock", blob.hex()))
+        self.locks_dir()
+            .join(format!("download-{}.lock", blob.hex()))
     }
 
     pub fn locks_dir(&self) -> PathBuf {

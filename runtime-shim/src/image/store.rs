@@ -667,8 +667,7 @@ impl Store {
                 continue;
             };
             let lock_path = self.layout.download_lock(&blob);
-            let Some(_held) = lock::try_exclusive(&lock_path).map_err(io_error(&lock_path))?
-            else {
+            let Some(_held) = lock::try_exclusive(&lock_path).map_err(io_error(&lock_path))? else {
                 continue;
             };
             let path = entry.path();

@@ -69,9 +69,9 @@ fn names_of(descriptor: &Descriptor, label: &str) -> Vec<String> {
         // A bare tag ("latest", as skopeo's `oci:DIR:TAG` writes) names no
         // repository: the archive's own name is used, as its file name
         // usually is the image's.
-        None => annotations
-            .get(ANNOTATION_REF_NAME)
-            .and_then(|tag| reference::normalize(&format!("{}:{tag}", repository_from_path(label)?)).ok()),
+        None => annotations.get(ANNOTATION_REF_NAME).and_then(|tag| {
+            reference::normalize(&format!("{}:{tag}", repository_from_path(label)?)).ok()
+        }),
     };
     name.into_iter().collect()
 }

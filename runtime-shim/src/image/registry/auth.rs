@@ -151,10 +151,8 @@ pub fn lookup(files: &[PathBuf], registry: &str) -> Result<Option<Credentials>, 
 /// replaced atomically, other entries kept).
 pub fn store(path: &Path, registry: &str, credentials: &Credentials) -> Result<(), AuthError> {
     update(path, |config| {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            credentials.username, credentials.password
-        ));
+        let encoded = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", credentials.username, credentials.password));
         config.auths.entry(key_for(registry)).or_default().auth = Some(encoded);
         true
     })
@@ -242,7 +240,10 @@ mod tests {
             lookup(std::slice::from_ref(&path), "localhost:5000").unwrap(),
             Some(creds.clone())
         );
-        assert_eq!(lookup(&[path.clone()], "nowhere").unwrap(), None);
+        assert_eq!(
+            lookup(std::slice::from_ref(&path), "nowhere").unwrap(),
+            None
+        );
         assert!(remove(&path, "localhost:5000").unwrap());
         assert_eq!(lookup(&[path], "localhost:5000").unwrap(), None);
     }

@@ -48,7 +48,9 @@ pub fn complete_path(layout: &Layout, blob: &Digest) -> PathBuf {
 }
 
 fn partial_path(layout: &Layout, blob: &Digest) -> PathBuf {
-    layout.downloads_dir().join(format!("{}.partial", blob.hex()))
+    layout
+        .downloads_dir()
+        .join(format!("{}.partial", blob.hex()))
 }
 
 async fn lock_blob(layout: &Layout, blob: &Digest) -> Result<LockGuard, PullError> {
@@ -92,7 +94,10 @@ pub async fn fetch(
             // A blob that is not what its digest says is worthless: nothing
             // of it is kept. Anything else (the network) leaves the partial
             // file for the next pull to resume.
-            if matches!(e, PullError::DigestMismatch { .. } | PullError::SizeMismatch { .. }) {
+            if matches!(
+                e,
+                PullError::DigestMismatch { .. } | PullError::SizeMismatch { .. }
+            ) {
                 let _ = fs::remove_file(&partial);
             }
             Err(e)

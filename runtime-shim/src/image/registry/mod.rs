@@ -73,7 +73,9 @@ pub enum PullError {
         blob: String,
         actual: String,
     },
-    #[error("blob {blob} is larger than its descriptor says ({actual} > {expected} bytes): discarded")]
+    #[error(
+        "blob {blob} is larger than its descriptor says ({actual} > {expected} bytes): discarded"
+    )]
     SizeMismatch {
         blob: String,
         expected: u64,
@@ -164,10 +166,12 @@ pub struct PullReport {
 
 /// `busybox` → `docker.io/library/busybox:latest`; `name@sha256:…` pins.
 pub fn parse_reference(text: &str) -> Result<Reference, PullError> {
-    let reference: Reference = text.parse().map_err(|e: oci_client::ParseError| PullError::Reference {
-        reference: text.to_string(),
-        reason: e.to_string(),
-    })?;
+    let reference: Reference =
+        text.parse()
+            .map_err(|e: oci_client::ParseError| PullError::Reference {
+                reference: text.to_string(),
+                reason: e.to_string(),
+            })?;
     if let Some(digest) = reference.digest() {
         Digest::parse(digest).map_err(|e| PullError::Reference {
             reference: text.to_string(),
@@ -346,7 +350,13 @@ pub fn pull(store: &Store, text: &str, options: &PullOptions) -> Result<PullRepo
     let progress = PullProgress::new(options.progress);
     let platform = options.platform.clone().unwrap_or_else(Platform::host);
     let rt = runtime()?;
-    let resolved = rt.block_on(resolve(&client, &auth, &reference, &platform, &options.limits))?;
+    let resolved = rt.block_on(resolve(
+        &client,
+        &auth,
+        &reference,
+        &platform,
+        &options.limits,
+    ))?;
     progress.note(&format!(
         "{}: manifest {}{}",
         reference.whole(),
@@ -359,7 +369,11 @@ pub fn pull(store: &Store, text: &str, options: &PullOptions) -> Result<PullRepo
     ));
 
     // Blobs of layers the store lacks, each once.
-    let diff_ids: Vec<Digest> = resolved.layers.iter().map(|l| l.plan.diff_id.clone()).collect();
+    let diff_ids: Vec<Digest> = resolved
+        .layers
+        .iter()
+        .map(|l| l.plan.diff_id.clone())
+        .collect();
     let chain = chain_ids(&diff_ids);
     let mut tasks: Vec<(BlobTask, String)> = Vec::new();
     for (i, (layer, chain_id)) in resolved.layers.iter().zip(&chain).enumerate() {
@@ -518,8 +532,8 @@ async fn resolve(
     let (mut bytes, mut digest, kind) = fetch_manifest(client, auth, reference, None).await?;
     let mut index_digest = None;
     if kind == ManifestKind::Index {
-        let index: ImageIndex = serde_json::from_slice(&bytes)
-            .map_err(|e| invalid(format!("index {digest}"), e))?;
+        let index: ImageIndex =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(format!("index {digest}"), e))?;
         let chosen = platform.choose(index.manifests()).ok_or_else(|| {
             let available: Vec<String> = index
                 .manifests()
@@ -558,8 +572,8 @@ async fn resolve(
     let config_descriptor = manifest.config();
     media::check_config(config_descriptor.media_type().as_ref())
         .map_err(|e| invalid(what.clone(), e))?;
-    let config_digest = Digest::parse(config_descriptor.digest().as_ref())
-        .map_err(|e| invalid(what.clone(), e))?;
+    let config_digest =
+        Digest::parse(config_descriptor.digest().as_ref()).map_err(|e| invalid(what.clone(), e))?;
     if config_descriptor.size() > limits.max_json_bytes {
         return Err(invalid(what, "config larger than the JSON limit"));
     }
@@ -593,8 +607,8 @@ async fn resolve(
     }
     let mut layers = Vec::with_capacity(diff_ids.len());
     for (descriptor, diff_id) in manifest.layers().iter().zip(diff_ids) {
-        let blob = Digest::parse(descriptor.digest().as_ref())
-            .map_err(|e| invalid(what.clone(), e))?;
+        let blob =
+            Digest::parse(descriptor.digest().as_ref()).map_err(|e| invalid(what.clone(), e))?;
         let media_type = descriptor.media_type().to_string();
         let format = media::layer_format(&media_type).map_err(|e| invalid(what.clone(), e))?;
         layers.push(ResolvedLayer {

@@ -126,7 +126,11 @@ mod tests {
 
     #[test]
     fn chooses_the_requested_platform() {
-        let manifests = index(&[("unknown", "unknown"), ("linux", "arm64"), ("linux", "amd64")]);
+        let manifests = index(&[
+            ("unknown", "unknown"),
+            ("linux", "arm64"),
+            ("linux", "amd64"),
+        ]);
         let amd64 = Platform::parse("linux/amd64").unwrap();
         assert_eq!(
             amd64.choose(&manifests).unwrap().digest().to_string(),

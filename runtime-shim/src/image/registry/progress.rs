@@ -105,13 +105,19 @@ impl BlobProgress {
         }
         if let Some(bar) = &self.bar {
             bar.set_position(offset);
-            bar.set_message(if offset > 0 { "resuming" } else { "downloading" });
+            bar.set_message(if offset > 0 {
+                "resuming"
+            } else {
+                "downloading"
+            });
         }
     }
 
     /// The registry ignored the range request: starting over.
     pub fn restart(&self) {
-        self.line(format_args!("the registry cannot resume: downloading again"));
+        self.line(format_args!(
+            "the registry cannot resume: downloading again"
+        ));
         if let Some(bar) = &self.bar {
             bar.set_position(0);
         }
