@@ -74,7 +74,10 @@ fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<i32> {
         let mut page = Vec::new();
         clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
         std::fs::write(dir.join(format!("{name}.1")), page)?;
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
             render(sub, format!("{name}-{}", sub.get_name()), dir)?;
         }
         Ok(())
