@@ -236,6 +236,60 @@ fn pull_then_run_and_a_second_pull_downloads_nothing() {
         other.inspect(&format!("{host}/tools/multi:1.0"))["layers"][2]["diff_id"],
         multi.layers[2].diff_id.as_str()
     );
+
+    // husk push sends the store's manifest and the blobs the pull kept, byte
+    // for byte: skopeo sees the same digests.
+    let out = husk(
+        &other,
+        home.path(),
+        &[
+            "push",
+            "--json",
+            "--insecure-registry",
+            &host,
+            &format!("{host}/tools/multi:1.0"),
+            &format!("{host}/pushed/multi:2"),
+        ],
+    );
+    let pushed_report: serde_json::Value = serde_json::from_str(&ok(&out, "push")).unwrap();
+    assert_eq!(
+        pushed_report["pushed_blobs"], 6,
+        "config and 5 layers: {pushed_report}"
+    );
+    let raw = registry::skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{host}/pushed/multi:2"),
+    ]);
+    assert_eq!(
+        fixtures::sha256_digest(raw.as_bytes()),
+        multi.manifest_digest
+    );
+    let inspected: serde_json::Value = serde_json::from_str(&registry::skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{host}/pushed/multi:2"),
+    ]))
+    .unwrap();
+    assert_eq!(inspected["Digest"], multi.manifest_digest.as_str());
+    let layers: Vec<&str> = multi.layers.iter().map(|l| l.digest.as_str()).collect();
+    assert_eq!(inspected["Layers"], serde_json::json!(layers));
+    // Pushed again: the registry has every blob, only the manifest goes.
+    let out = husk(
+        &other,
+        home.path(),
+        &[
+            "push",
+            "--json",
+            "--insecure-registry",
+            &host,
+            &format!("{host}/tools/multi:1.0"),
+            &format!("{host}/pushed/multi:3"),
+        ],
+    );
+    let again: serde_json::Value = serde_json::from_str(&ok(&out, "push again")).unwrap();
+    assert_eq!(again["pushed_blobs"], 0, "{again}");
     assert_eq!(layer_count(&store), 5);
 
     // Again: nothing is downloaded, nothing changes.
@@ -285,6 +339,31 @@ fn pull_then_run_and_a_second_pull_downloads_nothing() {
     );
     let stdout = ok(&out, "run multi");
     assert!(stdout.starts_with("four\nfive\n"), "{stdout}");
+
+    // `husk run` pulls an image the store lacks (--pull missing, the
+    // default), and with --pull never does not.
+    let fresh = TestStore::new();
+    let image = format!("{host}/busybox");
+    let out = run(&fresh, &assets, &["--pull", "never", &image, "true"]);
+    let err = failed(&out, "run --pull never of a missing image");
+    assert!(err.contains("no such image"), "{err}");
+    let out = run(
+        &fresh,
+        &assets,
+        &["--insecure-registry", &host, &image, "cat", "/etc/motd"],
+    );
+    assert_eq!(
+        ok(&out, "run pulling busybox"),
+        "Welcome to a husk microVM.\n"
+    );
+    assert!(
+        text(&out.stderr).contains("pulling it"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pinned = format!("{host}/busybox@{busybox_manifest_digest}");
+    let out = run(&fresh, &assets, &["--pull", "never", &pinned, "true"]);
+    ok(&out, "run by digest, found by its manifest");
 }
 
 /// An OCI index with an amd64 and an arm64 entry (the arm64 one differs

@@ -36,6 +36,8 @@ pub enum Command {
     Image(cli::image::ImageCommand),
     /// Pull an image from an OCI registry into the store.
     Pull(cli::registry::PullArgs),
+    /// Push an image of the store to an OCI registry.
+    Push(cli::registry::PushArgs),
     /// Record credentials for a registry (checked first).
     Login(cli::registry::LoginArgs),
     /// Forget the credentials of a registry.
@@ -114,6 +116,7 @@ fn main() {
         Command::Check(args) => cli::check::run(args),
         Command::Image(cmd) => cli::image::run(&cli.store, cmd),
         Command::Pull(args) => cli::registry::pull(&cli.store, args),
+        Command::Push(args) => cli::registry::push(&cli.store, args),
         Command::Login(args) => cli::registry::login(args),
         Command::Logout(args) => cli::registry::logout(args),
         Command::Run(args) => cli::run::run(&cli.store, *args),

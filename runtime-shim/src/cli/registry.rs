@@ -247,3 +247,47 @@ fn read_password() -> anyhow::Result<String> {
     read?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
+
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// Image in the store (name or ID).
+    pub image: String,
+    /// Where to push it (a full reference); default: the image's name.
+    pub destination: Option<String>,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+pub fn push(store: &Path, args: PushArgs) -> anyhow::Result<i32> {
+    let store = Store::open(store)
+        .with_context(|| format!("opening the image store {}", store.display()))?;
+    let destination = args.destination.as_deref().unwrap_or(&args.image);
+    let report = registry::push::push(
+        &store,
+        &args.image,
+        destination,
+        &args.registry.options(),
+        !args.quiet && !args.json,
+    )
+    .with_context(|| format!("pushing {} to {destination}", args.image))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "pushed {} ({} layers; {} blobs, {} sent) in {:.2}s\ndigest: {}",
+            report.reference,
+            report.layers,
+            report.pushed_blobs,
+            HumanBytes(report.pushed_bytes),
+            report.elapsed.as_secs_f64(),
+            report.manifest_digest
+        );
+    }
+    Ok(0)
+}

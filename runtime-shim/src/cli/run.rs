@@ -96,14 +96,14 @@ pub fn ensure_image(
     registry_args: &RegistryArgs,
     platform: Option<Platform>,
 ) -> anyhow::Result<String> {
-    if policy == PullPolicy::Never {
-        return Ok(image.to_string());
-    }
     let store = Store::open(store)?;
-    if policy == PullPolicy::Missing {
-        match local_image(&store, image)? {
-            Some(found) => return Ok(found),
-            None => eprintln!("husk: image {image} is not in the store: pulling it"),
+    match (policy, local_image(&store, image)?) {
+        (PullPolicy::Always, _) => {}
+        (_, Some(found)) => return Ok(found),
+        // The run reports the image missing.
+        (PullPolicy::Never, None) => return Ok(image.to_string()),
+        (PullPolicy::Missing, None) => {
+            eprintln!("husk: image {image} is not in the store: pulling it")
         }
     }
     let report = super::registry::pull_into(

@@ -328,6 +328,39 @@ impl Store {
             .find(|id| self.image_manifest_digest(id).as_ref() == Some(manifest)))
     }
 
+    /// The layer blob digests a stored manifest lists (empty when the
+    /// manifest is missing or unreadable).
+    pub fn manifest_layers(&self, manifest: &Digest) -> Vec<Digest> {
+        let path = self.layout.blob(manifest);
+        let Ok(bytes) = read_bounded(&path, MAX_JSON_BYTES) else {
+            return Vec::new();
+        };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return Vec::new();
+        };
+        value["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| Digest::parse(l["digest"].as_str()?).ok())
+            .collect()
+    }
+
+    /// Keeps a verified blob (a pulled layer as the registry sent it) for
+    /// `husk push`, moved into `blobs/`.
+    pub fn keep_blob(&self, from: &Path, digest: &Digest) -> Result<(), StoreError> {
+        let target = self.layout.blob(digest);
+        if target.exists() {
+            return fs::remove_file(from).map_err(io_error(from));
+        }
+        fs::rename(from, &target).map_err(io_error(&target))
+    }
+
+    /// A kept blob, if the store has it.
+    pub fn blob(&self, digest: &Digest) -> Option<PathBuf> {
+        Some(self.layout.blob(digest)).filter(|p| p.is_file())
+    }
+
     pub fn has_layer(&self, chain_id: &Digest) -> bool {
         self.layout.layer_disk(chain_id).is_file()
     }
@@ -635,11 +668,16 @@ impl Store {
 
     fn delete_unreferenced_blobs(&self) -> Result<Vec<String>, StoreError> {
         let _store = self.lock_store()?;
-        let referenced: BTreeSet<Digest> = self
+        // An image's manifest, and the layer blobs a pull kept beside it.
+        let mut referenced = BTreeSet::new();
+        for manifest in self
             .image_ids()?
             .iter()
             .filter_map(|id| self.image_manifest_digest(id))
-            .collect();
+        {
+            referenced.extend(self.manifest_layers(&manifest));
+            referenced.insert(manifest);
+        }
         let mut deleted = Vec::new();
         for blob in hex_entries(&self.layout.blobs_dir())? {
             if !referenced.contains(&blob) {

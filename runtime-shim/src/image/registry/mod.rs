@@ -15,6 +15,7 @@ pub mod auth;
 mod download;
 pub mod platform;
 mod progress;
+pub mod push;
 
 use super::archive::{self, ImagePlan, LayerPlan, Source};
 use super::digest::{chain_ids, Digest};
@@ -330,7 +331,7 @@ pub(crate) fn classify(error: OciDistributionError, registry: &str, what: &str) 
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, PullError> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, PullError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -428,13 +429,21 @@ pub fn pull(store: &Store, text: &str, options: &PullOptions) -> Result<PullRepo
     };
     let source = Source::Dir(layout.downloads_dir());
     let imported = import::import_planned(store, &source, &plan, &options.limits, options.progress);
-    // Verified blobs were only kept to be built; a failed build starts over.
+    // Built: the blobs stay in the store as the registry sent them (for
+    // `husk push`). Not built: a failed build starts over.
     for (task, _) in &tasks {
         let path = download::complete_path(&layout, &task.digest);
-        if let Err(e) = fs::remove_file(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), "removing a downloaded blob: {e}");
-            }
+        let kept = match &imported {
+            Ok(_) => store
+                .keep_blob(&path, &task.digest)
+                .map_err(|e| e.to_string()),
+            Err(_) => fs::remove_file(&path).or_else(|e| match e.kind() {
+                io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e.to_string()),
+            }),
+        };
+        if let Err(e) = kept {
+            tracing::warn!(path = %path.display(), "a downloaded blob: {e}");
         }
     }
     let imported = imported?;
