@@ -24,6 +24,7 @@ pub fn unavailable() -> Option<String> {
         ("skopeo", "skopeo"),
         ("htpasswd", "apache2-utils"),
         ("openssl", "openssl"),
+        ("curl", "curl"),
     ] {
         let found = Command::new("sh")
             .arg("-c")

@@ -731,3 +731,72 @@ pub fn check_login(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_docker_hub_and_names_are_stored_short() {
+        let r = parse_reference("busybox").unwrap();
+        assert_eq!(r.whole(), "docker.io/library/busybox:latest");
+        assert_eq!(store_name(&r).as_deref(), Some("busybox:latest"));
+        let r = parse_reference("me/app:2").unwrap();
+        assert_eq!(r.whole(), "docker.io/me/app:2");
+        assert_eq!(store_name(&r).as_deref(), Some("me/app:2"));
+        let r = parse_reference("localhost:5000/team/app").unwrap();
+        assert_eq!(r.registry(), "localhost:5000");
+        assert_eq!(
+            store_name(&r).as_deref(),
+            Some("localhost:5000/team/app:latest")
+        );
+        let pinned = format!("quay.io/x/y@sha256:{}", "b".repeat(64));
+        let r = parse_reference(&pinned).unwrap();
+        assert_eq!(
+            r.digest(),
+            Some(format!("sha256:{}", "b".repeat(64)).as_str())
+        );
+        assert_eq!(store_name(&r), None);
+        for bad in ["busybox/Case", "x@sha256:short", "a b", ""] {
+            assert!(parse_reference(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let unauthorized = OciDistributionError::UnauthorizedError { url: "u".into() };
+        assert!(matches!(
+            classify(unauthorized, "r", "x"),
+            PullError::Unauthorized { .. }
+        ));
+        let not_found = OciDistributionError::ServerError {
+            code: 404,
+            url: "u".into(),
+            message: String::new(),
+        };
+        let e = classify(not_found, "r:1", "r:1/x:y");
+        assert_eq!(
+            e.to_string(),
+            "r:1/x:y: not found in r:1 (unknown repository, tag or digest)"
+        );
+        let envelope: oci_client::errors::OciEnvelope = serde_json::from_str(
+            r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+        )
+        .unwrap();
+        let e = classify(
+            OciDistributionError::RegistryError {
+                envelope,
+                url: "u".into(),
+            },
+            "r",
+            "x",
+        );
+        assert!(matches!(e, PullError::NotFound { .. }));
+        let e = classify(
+            OciDistributionError::AuthenticationFailure("no".into()),
+            "r",
+            "x",
+        );
+        assert!(e.to_string().contains("husk login r"), "{e}");
+    }
+}
