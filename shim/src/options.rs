@@ -186,7 +186,10 @@ mod tests {
 
         let opts =
             ShimOptions::from_any(Some(&runtime_options("", "kernel = \"/k/vmlinux\"\n"))).unwrap();
-        assert_eq!(opts.kernel.as_deref(), Some(Path::new("/k/vmlinux")));
+        assert_eq!(
+            opts.kernel.as_deref(),
+            Some(std::path::Path::new("/k/vmlinux"))
+        );
         assert_eq!(ShimOptions::from_any(None).unwrap(), ShimOptions::default());
     }
 

@@ -181,24 +181,24 @@ mod tests {
             &format!("upperdir={}", upper.path().display()),
             "lowerdir=/s/3/fs:/s/2/fs:/s/1/fs",
         ]);
-        let plan = plan(&[mount], Path::new("/bundle/rootfs")).unwrap();
+        let first = plan(&[mount], Path::new("/bundle/rootfs")).unwrap();
         assert_eq!(
-            plan.shared,
+            first.shared,
             vec![
                 PathBuf::from("/s/1/fs"),
                 PathBuf::from("/s/2/fs"),
                 PathBuf::from("/s/3/fs")
             ]
         );
-        assert_eq!(plan.upper, None);
+        assert_eq!(first.upper, None);
 
         fs::write(upper.path().join("f"), b"x").unwrap();
         let mount = overlay(&[
             &format!("upperdir={}", upper.path().display()),
             "lowerdir=/s/1/fs",
         ]);
-        let plan = plan(&[mount], Path::new("/b")).unwrap();
-        assert_eq!(plan.upper.as_deref(), Some(upper.path()));
+        let second = plan(&[mount], Path::new("/b")).unwrap();
+        assert_eq!(second.upper.as_deref(), Some(upper.path()));
     }
 
     #[test]

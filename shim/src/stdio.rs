@@ -273,7 +273,15 @@ mod tests {
         let mut buf = [0u8; 16];
         assert_eq!(reader.read(&mut buf).unwrap(), 5);
         // containerd's writer is gone, but our hold keeps the FIFO open:
-        // no EOF yet (a read would block), until CloseIO.
+        // no hang-up and nothing to read (a read would block)...
+        let mut pfd = libc::pollfd {
+            fd: reader.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 0);
+        // ...until CloseIO drops it: then EOF.
         stdio.stdin_hold.close();
         assert_eq!(reader.read(&mut buf).unwrap(), 0);
     }
