@@ -557,14 +557,18 @@ impl TaskService {
     }
 
     fn delete_task(&self, task: &Arc<TaskEntry>) -> anyhow::Result<api::DeleteResponse> {
-        let state = lifecycle::state(&task.root, &task.id)?;
-        match state.status {
-            Status::Stopped | Status::Created | Status::Creating => {}
-            other => bail!(
-                "task {} is {}: kill it before deleting",
-                task.id,
-                other.as_str()
-            ),
+        // The init's exit may be known here before the monitor has written
+        // its final state (it still powers the VM off).
+        if task.exit.get().is_none() {
+            let state = lifecycle::state(&task.root, &task.id)?;
+            match state.status {
+                Status::Stopped | Status::Created | Status::Creating => {}
+                other => bail!(
+                    "task {} is {}: kill it before deleting",
+                    task.id,
+                    other.as_str()
+                ),
+            }
         }
         lifecycle::delete(&task.root, &task.id, true)?;
         if task.exit.get().is_none() {

@@ -50,7 +50,14 @@ fn run_rm_prints_output_and_exit_codes_propagate_like_runc() {
         let mut ok_args = ctrd.run_args(runtime, &config);
         let ok_id = format!("{id}-0");
         ok_args.extend(["--rm", IMAGE, &ok_id, "true"]);
-        assert_eq!(ctrd.ctr(&ok_args).status.code(), Some(0), "{runtime}");
+        let o = ctrd.ctr(&ok_args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{runtime}: {}\n{}",
+            text(&o.stderr),
+            ctrd.log_tail()
+        );
     }
     ctrd.finish();
 }
