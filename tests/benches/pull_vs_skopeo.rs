@@ -3,7 +3,9 @@
 //! the same run: medians and their ratio. husk's time is pull to runnable
 //! (every layer verified, unpacked and built into its erofs disk); skopeo's
 //! is the copy into an OCI layout (blobs verified and written, nothing
-//! unpacked). Each run starts from an empty store / directory.
+//! unpacked). Also `skopeo copy` followed by `husk image import` of the
+//! copied layout: the other way to the same runnable image. Each run starts
+//! from an empty store / directory.
 //!
 //! `cargo bench -p husk-e2e --bench pull_vs_skopeo [-- --runs N]`
 //! (HUSK_BIN picks the husk binary; default target/release/husk, else
@@ -104,6 +106,7 @@ fn run() -> anyhow::Result<()> {
     let reference = format!("{host}/bench:latest");
     let mut husk_times = Vec::new();
     let mut skopeo_times = Vec::new();
+    let mut two_step_times = Vec::new();
     for run in 0..runs {
         let store = work.path().join(format!("store{run}"));
         let started = Instant::now();
@@ -129,22 +132,44 @@ fn run() -> anyhow::Result<()> {
         if !out.status.success() {
             bail!("skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
         }
+        let import_store = work.path().join(format!("import{run}"));
+        let import_started = Instant::now();
+        let out = Command::new(&husk)
+            .arg("--store")
+            .arg(&import_store)
+            .args(["image", "import", "-q"])
+            .arg(&layout)
+            .output()?;
+        let two_step_time = skopeo_time + import_started.elapsed();
+        if !out.status.success() {
+            bail!(
+                "husk image import: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::fs::remove_dir_all(&layout)?;
+        std::fs::remove_dir_all(&import_store)?;
         eprintln!(
-            "run {}: husk pull {:.0} ms, skopeo copy {:.0} ms",
+            "run {}: husk pull {:.0} ms, skopeo copy {:.0} ms, skopeo copy + husk image import {:.0} ms",
             run + 1,
             ms(husk_time),
-            ms(skopeo_time)
+            ms(skopeo_time),
+            ms(two_step_time)
         );
         husk_times.push(husk_time);
         skopeo_times.push(skopeo_time);
+        two_step_times.push(two_step_time);
     }
     let (h, s) = (median(&mut husk_times), median(&mut skopeo_times));
+    let t = median(&mut two_step_times);
     println!(
-        "pull_vs_skopeo: husk pull (to runnable) {:.0} ms vs skopeo copy {:.0} ms: {:.2}x ({runs} runs, medians)",
+        "pull_vs_skopeo: husk pull (to runnable) {:.0} ms vs skopeo copy {:.0} ms: {:.2}x; \
+         vs skopeo copy + husk image import {:.0} ms: {:.2}x ({runs} runs, medians)",
         ms(h),
         ms(s),
-        h.as_secs_f64() / s.as_secs_f64()
+        h.as_secs_f64() / s.as_secs_f64(),
+        ms(t),
+        h.as_secs_f64() / t.as_secs_f64()
     );
     Ok(())
 }

@@ -142,6 +142,9 @@ pub struct RegistryConfig {
     pub port: u16,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub htpasswd: Option<PathBuf>,
+    /// Bearer-token auth: the token server's realm URL and the certificate
+    /// its tokens are signed with.
+    pub token: Option<(String, PathBuf)>,
 }
 
 pub struct Registry {
@@ -166,6 +169,12 @@ impl Registry {
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),
                 key.display()
+            ));
+        }
+        if let Some((realm, cert)) = &config.token {
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                cert.display()
             ));
         }
         if let Some(htpasswd) = &config.htpasswd {
@@ -221,6 +230,7 @@ impl Registry {
             port: free_port(),
             tls: None,
             htpasswd: None,
+            token: None,
         })
     }
 
@@ -244,6 +254,7 @@ impl Registry {
             port: self.config.port,
             tls: self.config.tls.clone(),
             htpasswd: self.config.htpasswd.clone(),
+            token: self.config.token.clone(),
         };
         *self = Registry::start(config);
     }
@@ -473,4 +484,154 @@ pub fn push_raw(host: &str, repository: &str, tag: &str, image: &crate::fixtures
         &format!("@{}", manifest.display()),
         &format!("http://{host}/v2/{repository}/manifests/{tag}"),
     ]);
+}
+
+pub const TOKEN_SERVICE: &str = "husk-test-registry";
+pub const TOKEN_ISSUER: &str = "husk-test-issuer";
+
+/// A token server for a registry with bearer-token auth, as Docker Hub's
+/// `auth.docker.io` is to its registry: `GET /token?scope=…&service=…`
+/// with basic credentials answers `{"token": JWT}`, the JWT signed (RS256,
+/// with the `openssl` CLI) by the key of a certificate the registry trusts
+/// (sent in the header's x5c) and granting the scope asked for; wrong
+/// credentials get 401. The HTTP is a dozen lines over std's TcpListener:
+/// one request per connection, and no HTTP server crate is in the tree.
+pub struct TokenServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl TokenServer {
+    pub fn start(cert: &Path, key: &Path, user: &str, password: &str) -> TokenServer {
+        use base64::Engine as _;
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(cert)
+            .output()
+            .expect("openssl x509");
+        assert!(der.status.success(), "openssl x509 -outform DER failed");
+        let x5c = base64::engine::general_purpose::STANDARD.encode(&der.stdout);
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the token server");
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let key = key.to_path_buf();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let _ = answer(stream, &expected, &x5c, &key);
+            }
+        });
+        TokenServer { port, stop }
+    }
+
+    pub fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn answer(mut stream: TcpStream, expected: &str, x5c: &str, key: &Path) -> std::io::Result<()> {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut authorization = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_string());
+            }
+        }
+    }
+    let respond = |stream: &mut TcpStream, status: &str, body: &str| {
+        write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    if authorization.as_deref() != Some(expected) {
+        return respond(
+            &mut stream,
+            "401 Unauthorized",
+            r#"{"details":"bad credentials"}"#,
+        );
+    }
+    // scope=repository:NAME:ACTIONS (percent-encoded ':' and ',').
+    let query = request_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|target| target.split_once('?'))
+        .map(|(_, q)| q.to_string())
+        .unwrap_or_default();
+    let mut access = Vec::new();
+    for pair in query.split('&') {
+        let Some(scope) = pair.strip_prefix("scope=") else {
+            continue;
+        };
+        let scope = scope
+            .replace("%3A", ":")
+            .replace("%3a", ":")
+            .replace("%2C", ",")
+            .replace("%2c", ",")
+            .replace("%2F", "/")
+            .replace("%2f", "/");
+        let parts: Vec<&str> = scope.splitn(3, ':').collect();
+        if let [kind, name, actions] = parts.as_slice() {
+            access.push(serde_json::json!({
+                "type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>(),
+            }));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": "husk", "aud": TOKEN_SERVICE,
+        "exp": now + 600, "nbf": now - 60, "iat": now, "jti": format!("{now}-{}", std::process::id()),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut signer = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    signer
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(signing_input.as_bytes())?;
+    let signature = signer.wait_with_output()?.stdout;
+    let token = format!("{signing_input}.{}", b64(&signature));
+    let body =
+        serde_json::json!({"token": token, "access_token": token, "expires_in": 600}).to_string();
+    respond(&mut stream, "200 OK", &body)
 }

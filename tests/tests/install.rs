@@ -108,6 +108,7 @@ fn install_run_from_a_clean_environment_and_uninstall() {
         "bin/husk",
         "bin/husk-vmm",
         "bin/husk-runc",
+        "bin/containerd-shim-husk-v2",
         "lib/husk/vmlinux",
         "lib/husk/husk-agent",
         "share/bash-completion/completions/husk",

@@ -656,6 +656,7 @@ fn tls_registry_with_basic_auth() {
         port: registry::free_port(),
         tls: Some((tls.cert.clone(), tls.key.clone())),
         htpasswd: Some(htpasswd),
+        token: None,
     });
     let host = registry.host();
     let image = busybox_image();
@@ -816,4 +817,102 @@ fn tls_registry_with_basic_auth() {
         "pull after logout",
     );
     assert!(err.contains("unauthorized"), "{err}");
+}
+
+/// A registry with bearer-token auth (its WWW-Authenticate challenge names
+/// a token server, as Docker Hub's does): husk gets a token for its basic
+/// credentials, pulls and pushes with it; without or with wrong credentials
+/// it is refused, and `husk login` checks them against the token server.
+#[test]
+fn bearer_token_registry() {
+    need_registry!();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = registry::make_tls(dir.path());
+    let tokens =
+        registry::TokenServer::start(&tls.ca_cert, &dir.path().join("ca.key"), "husk", "t0ken");
+    let registry = Registry::start(registry::RegistryConfig {
+        storage: dir.path().join("storage"),
+        port: registry::free_port(),
+        tls: None,
+        htpasswd: None,
+        token: Some((tokens.realm(), tls.ca_cert.clone())),
+    });
+    let host = registry.host();
+    let image = busybox_image();
+    let layout_dir = tempfile::tempdir().unwrap();
+    let layout = layout_dir.path().join("layout");
+    fixtures::write(std::slice::from_ref(&image), Format::OciDir, &layout).unwrap();
+    registry::skopeo(&[
+        "copy",
+        "--dest-creds",
+        "husk:t0ken",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{host}/private/busybox:latest"),
+    ]);
+    let reference = format!("{host}/private/busybox");
+    let store = TestStore::new();
+    let home = tempfile::tempdir().unwrap();
+    let pull_args = ["pull", "--json", "--insecure-registry", &host, &reference];
+
+    let err = failed(&husk(&store, home.path(), &pull_args), "anonymous pull");
+    assert!(err.contains("unauthorized"), "{err}");
+    let out = husk(
+        &store,
+        home.path(),
+        &[
+            "login",
+            "--insecure-registry",
+            &host,
+            "-u",
+            "husk",
+            "-p",
+            "wrong",
+            &host,
+        ],
+    );
+    let err = failed(&out, "login with a wrong password");
+    assert!(
+        err.contains("unauthorized") && err.contains("token request refused"),
+        "{err}"
+    );
+    ok(
+        &husk(
+            &store,
+            home.path(),
+            &[
+                "login",
+                "--insecure-registry",
+                &host,
+                "-u",
+                "husk",
+                "-p",
+                "t0ken",
+                &host,
+            ],
+        ),
+        "login",
+    );
+    let report: serde_json::Value = serde_json::from_str(&ok(
+        &husk(&store, home.path(), &pull_args),
+        "pull with a token",
+    ))
+    .unwrap();
+    assert_eq!(report["id"], image.id.as_str());
+    assert_eq!(report["fetched_layers"], 3);
+    // A push asks for a pull,push token.
+    let out = husk(
+        &store,
+        home.path(),
+        &[
+            "push",
+            "--json",
+            "--insecure-registry",
+            &host,
+            &reference,
+            &format!("{host}/private/copy:1"),
+        ],
+    );
+    let pushed: serde_json::Value = serde_json::from_str(&ok(&out, "push with a token")).unwrap();
+    assert_eq!(pushed["manifest_digest"], report["manifest_digest"]);
 }
