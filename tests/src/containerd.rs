@@ -148,10 +148,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
                 }
             }
         });
+        // Unique: runc keeps its state under /run/containerd/runc/<namespace>,
+        // shared by every containerd on the host.
+        let namespace = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "husk-test".into());
         let mut me = Containerd {
             dir,
             child: Some(child),
-            namespace: "husk-test".into(),
+            namespace,
             log,
         };
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
@@ -230,10 +236,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// publishes the state through its API only; polling it is the
     /// event we can observe from outside.
     pub fn wait_status(&self, id: &str, want: &str) {
+        self.wait_status_in(id, &[Some(want)]);
+    }
+
+    /// Waits until `ctr task ls` shows one of `wanted` for `id` (None: the
+    /// task is gone).
+    pub fn wait_status_in(&self, id: &str, wanted: &[Option<&str>]) {
+        let want = format!("{wanted:?}");
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let status = self.task_status(id);
-            if status.as_deref() == Some(want) {
+            if wanted.contains(&status.as_deref()) {
                 return;
             }
             assert!(
@@ -310,6 +323,7 @@ impl Drop for Containerd {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
         }
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
         let _ = Command::new("umount")
             .arg("-R")
             .arg(self.dir.path())
@@ -338,4 +352,49 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+impl Containerd {
+    /// Sends the task's shim an Update with a new memory limit, over the
+    /// shim's ttrpc socket as containerd does (`ctr` 1.6 has no `task
+    /// update`; containerd 1.6 speaks the task API v2).
+    pub fn update_memory(&self, id: &str, limit: i64) -> Result<(), String> {
+        use containerd_shim_protos::api::UpdateTaskRequest;
+        use containerd_shim_protos::protobuf::well_known_types::any::Any;
+        use containerd_shim_protos::protobuf::{Message, MessageField};
+        use containerd_shim_protos::ttrpc;
+
+        let address_file = self
+            .dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id)
+            .join("address");
+        let address = std::fs::read_to_string(&address_file)
+            .map_err(|e| format!("{}: {e}", address_file.display()))?;
+        let client = ttrpc::Client::connect(address.trim()).map_err(|e| e.to_string())?;
+        let resources = serde_json::json!({ "memory": { "limit": limit } });
+        let request = UpdateTaskRequest {
+            id: id.to_string(),
+            resources: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(&resources).unwrap(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let call = ttrpc::Request {
+            service: "containerd.task.v2.Task".into(),
+            method: "Update".into(),
+            payload: request.write_to_bytes().map_err(|e| e.to_string())?,
+            timeout_nano: TIMEOUT.as_nanos() as i64,
+            ..Default::default()
+        };
+        let response = client.request(call).map_err(|e| e.to_string())?;
+        match response.status.as_ref() {
+            Some(status) if status.code.value() != 0 => Err(status.message.clone()),
+            _ => Ok(()),
+        }
+    }
 }
