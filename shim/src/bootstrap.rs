@@ -124,6 +124,13 @@ fn delete(flags: &Flags) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(task::own_dir(&state_root, &flags.namespace, &flags.id));
     let _ = std::fs::remove_file(bundle.join(task::STATE_ROOT_FILE));
+    // A killed shim leaves its socket behind; `start` noted its address.
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        let path = Path::new(socket_path(address.trim()));
+        if path.starts_with(containerd_shim::SOCKET_ROOT) && UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -202,6 +202,16 @@ fn killing_the_shim_leaves_nothing_after_containerds_cleanup() {
     ctrd.wait_status("orphan", "RUNNING");
     let shims = shim_pids(&ctrd);
     assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    let address = std::fs::read_to_string(
+        ctrd.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&ctrd.namespace)
+            .join("orphan/address"),
+    )
+    .expect("the shim's address");
+    let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists(), "{}", socket.display());
     // SAFETY: kill on the shim's pid.
     assert_eq!(unsafe { libc::kill(shims[0], libc::SIGKILL) }, 0);
     // containerd notices the shim's death, runs `shim delete` and drops
@@ -217,12 +227,14 @@ fn killing_the_shim_leaves_nothing_after_containerds_cleanup() {
     loop {
         let husk_left = walk(&state);
         let running: Vec<_> = processes_mentioning(&state);
-        if husk_left.is_empty() && running.is_empty() {
+        if husk_left.is_empty() && running.is_empty() && !socket.exists() {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "left after containerd's cleanup: {husk_left:?} {running:?}"
+            "left after containerd's cleanup: {husk_left:?} {running:?}, socket {} {}",
+            socket.display(),
+            socket.exists()
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -280,6 +292,9 @@ fn a_tty_run_sees_a_terminal_like_runc() {
             });
         }
         let child = cmd.spawn().unwrap();
+        // The Command keeps its copies of the slave: drop them all, so that
+        // the master reads EOF (EIO) once ctr exits.
+        drop(cmd);
         drop(slave);
         let mut master = std::fs::File::from(master);
         let reader = std::thread::spawn(move || {
