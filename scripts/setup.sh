@@ -26,6 +26,13 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# The unprivileged user the VM programs run as once set up (husk-vmm's
+# jail; without it they fall back to nobody).
+if [ "$(id -u)" -eq 0 ] && ! getent passwd husk >/dev/null; then
+    step "creating the system user husk (VM programs run as it)"
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin husk
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found: install a Rust toolchain (rustup, Rust >= 1.80) first" >&2
     exit 1

@@ -5,7 +5,8 @@
 #      kernel, the image store, and `husk run` end to end (on QEMU with TCG
 #      where this host's KVM cannot run guest userspace, e.g. nested PVM);
 #   2. in the KVM test bed (tests/kvm-testbed: a real KVM inside a QEMU TCG
-#      VM): every `husk run` test on husk-vmm, vmm_boot and the KVM payloads.
+#      VM): every `husk run` test on husk-vmm, vmm_boot and the KVM payloads;
+#   3. the fuzz targets, each for a bounded time (scripts/fuzz.sh).
 # Tests that need a capability this host lacks print SKIPPED with the
 # reason; under CI=true a missing prerequisite that set-up provides fails
 # instead. The run ends with the count of skipped tests and their reasons.
@@ -49,3 +50,7 @@ else
 	echo "SKIPPED: KVM test bed: $reason" >&2
 	echo "kvm test bed: $reason" >>"$skips"
 fi
+
+echo "==> tier 3: fuzzing, each target for \${HUSK_FUZZ_SECONDS:-30}s (scripts/fuzz.sh)" >&2
+scripts/fuzz.sh
+

@@ -240,11 +240,13 @@ fn assemble_into(
     let rootfs = base.join("rootfs");
     mkdir(&rootfs, "create rootfs dir")?;
     let options = overlay_options(&lowers, &upper, &work)?;
+    // nodev: container root may mknod (CAP_MKNOD), but a node it makes in
+    // the rootfs must not open; its devices are bind mounts (devices.rs).
     mount(
         Some("overlay"),
         &rootfs,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
     .map_err(|err| StepError::new("mount overlay rootfs", err))?;

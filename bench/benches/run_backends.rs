@@ -62,6 +62,10 @@ struct Args {
     /// choice (HUSK_VMM, else beside the husk binary).
     #[arg(long)]
     husk_vmm: Option<PathBuf>,
+    /// Compare husk-vmm jailed (husk's default as root) with husk-vmm
+    /// without its jail (HUSK_VMM_JAIL=off) instead of husk-vmm with QEMU.
+    #[arg(long)]
+    jail: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -71,21 +75,31 @@ struct Args {
 enum Backend {
     Husk,
     Qemu,
+    /// husk-vmm without its jail (`--jail`).
+    HuskNoJail,
 }
 
 impl Backend {
     /// The value of `husk run --backend`.
     fn flag(self) -> &'static str {
         match self {
-            Backend::Husk => "husk",
+            Backend::Husk | Backend::HuskNoJail => "husk",
             Backend::Qemu => "qemu",
+        }
+    }
+
+    /// How it is shown.
+    fn name(self) -> &'static str {
+        match self {
+            Backend::HuskNoJail => "husk-nojail",
+            other => other.flag(),
         }
     }
 
     /// The file name of the VMM program husk starts for this backend.
     fn program(self) -> &'static str {
         match self {
-            Backend::Husk => "husk-vmm",
+            Backend::Husk | Backend::HuskNoJail => "husk-vmm",
             Backend::Qemu => "qemu-system-x86_64",
         }
     }
@@ -194,7 +208,12 @@ fn run() -> anyhow::Result<()> {
         args.sleep_s, args.settle_ms
     );
 
-    let mut contenders = [Backend::Husk, Backend::Qemu].map(|backend| Contender {
+    let pair = if args.jail {
+        [Backend::Husk, Backend::HuskNoJail]
+    } else {
+        [Backend::Husk, Backend::Qemu]
+    };
+    let mut contenders = pair.map(|backend| Contender {
         backend,
         timings: Vec::new(),
         memory: Vec::new(),
@@ -215,7 +234,7 @@ fn run() -> anyhow::Result<()> {
                 Ok(t) => {
                     eprintln!(
                         "{label} {:<4} true:  husk run {:.0} ms, VM start → Hello {} ms",
-                        c.backend.flag(),
+                        c.backend.name(),
                         t.wall.as_secs_f64() * 1000.0,
                         t.vm_to_hello_ms
                     );
@@ -224,7 +243,7 @@ fn run() -> anyhow::Result<()> {
                     }
                 }
                 Err(e) => {
-                    eprintln!("{label} {} true: FAILED: {e:#}", c.backend.flag());
+                    eprintln!("{label} {} true: FAILED: {e:#}", c.backend.name());
                     if !warm {
                         c.failures.push(format!("true: {e:#}"));
                     }
@@ -237,7 +256,7 @@ fn run() -> anyhow::Result<()> {
                 Ok(m) => {
                     eprintln!(
                         "{label} {:<4} sleep: {:.2} MiB outside guest RAM ({:.2} MiB Rss, {:.2} MiB guest)",
-                        c.backend.flag(),
+                        c.backend.name(),
                         m.outside_guest_bytes() as f64 / MIB,
                         m.rss_bytes as f64 / MIB,
                         m.guest_resident_bytes as f64 / MIB
@@ -247,7 +266,7 @@ fn run() -> anyhow::Result<()> {
                     }
                 }
                 Err(e) => {
-                    eprintln!("{label} {} sleep: FAILED: {e:#}", c.backend.flag());
+                    eprintln!("{label} {} sleep: FAILED: {e:#}", c.backend.name());
                     if !warm {
                         c.failures.push(format!("sleep: {e:#}"));
                     }
@@ -367,6 +386,14 @@ impl Runner {
             .arg("busybox")
             .args(container)
             .env("HUSK_VMM", &self.husk_vmm)
+            .env(
+                "HUSK_VMM_JAIL",
+                if backend == Backend::HuskNoJail {
+                    "off"
+                } else {
+                    "on"
+                },
+            )
             .env_remove("LD_PRELOAD")
             .env_remove(STAMP_FILE_ENV)
             .stdin(Stdio::null())
@@ -606,9 +633,13 @@ fn print_table(contenders: &[Contender]) {
     ];
     let mut header = format!("{:<30}", "metric: median (min – max)");
     for c in contenders {
-        header.push_str(&format!("  {:<28}", c.backend.flag()));
+        header.push_str(&format!("  {:<28}", c.backend.name()));
     }
-    header.push_str("  husk/qemu");
+    header.push_str(&format!(
+        "  {}/{}",
+        contenders[0].backend.name(),
+        contenders[1].backend.name()
+    ));
     println!("{header}");
     for (name, series, decimals) in rows {
         let mut line = format!("{name:<30}");
@@ -627,7 +658,7 @@ fn print_table(contenders: &[Contender]) {
     for c in contenders {
         println!(
             "{}: {} timed and {} memory runs, {} failed",
-            c.backend.flag(),
+            c.backend.name(),
             c.timings.len(),
             c.memory.len(),
             c.failures.len()

@@ -23,7 +23,7 @@ root=$(pwd)
 targets=(
 	"husk-e2e run_basics" "husk-e2e run_errors" "husk-e2e run_limits"
 	"husk-e2e run_tty" "husk-e2e run_husk_vmm" "husk-e2e run_layers"
-	"husk-e2e containers_cli" "husk-e2e oci_lifecycle"
+	"husk-e2e containers_cli" "husk-e2e oci_lifecycle" "husk-e2e run_security"
 	"husk-e2e vmm_boot" "husk-vmm kvm_payload"
 )
 # Not here: oci_errors. Its reference, runc, cannot `exec --tty` inside the

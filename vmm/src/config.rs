@@ -248,6 +248,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     pub console_socket: Option<PathBuf>,
     pub serial: SerialOutput,
+    /// The most a serial log file may hold (the guest controls what it
+    /// gets); see `logcap`.
+    pub serial_log_cap: u64,
     /// Forward host stdin to the serial port (only sensible when it is a tty).
     pub serial_input: bool,
     pub nested_pvm_workarounds: NestedPvmWorkarounds,
@@ -263,6 +266,7 @@ impl VmConfig {
             disks: Vec::new(),
             console_socket: None,
             serial: SerialOutput::Stdout,
+            serial_log_cap: crate::logcap::DEFAULT_LOG_CAP,
             serial_input: false,
             nested_pvm_workarounds: NestedPvmWorkarounds::Auto,
         }

@@ -8,6 +8,8 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod jail;
+pub mod logcap;
 pub mod memory;
 pub mod probe;
 pub mod vcpu;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use husk_vmm::config::{BootSource, DiskConfig, NestedPvmWorkarounds, SerialOutput, VmConfig};
 use husk_vmm::exit::{ExitSender, VmExitReason};
+use husk_vmm::logcap::CappedWriter;
 use husk_vmm::vm::Vm;
 use tracing_subscriber::EnvFilter;
 
@@ -79,6 +80,14 @@ struct Args {
     /// Where serial output goes: a file, or `-` for stdout.
     #[arg(long, default_value = "-")]
     serial_log: SerialOutput,
+    /// The most the --serial-log file keeps (bytes); then one note, and the
+    /// rest of the guest's output is dropped.
+    #[arg(long, default_value_t = husk_vmm::logcap::DEFAULT_LOG_CAP)]
+    serial_log_max: u64,
+    /// The most husk-vmm writes to stderr (bytes); then one note, and
+    /// nothing more. Repeated warnings are rate-limited as well.
+    #[arg(long, default_value_t = husk_vmm::logcap::DEFAULT_LOG_CAP)]
+    log_max: u64,
     /// Never add the nested-PVM kernel parameters; the host is not probed.
     ///
     /// husk probes the host itself and always passes this flag or
@@ -95,6 +104,26 @@ struct Args {
     /// Run raw 32-bit code loaded at 1 MiB instead of a kernel (VMM tests).
     #[arg(long, value_name = "PATH")]
     raw_payload: Option<PathBuf>,
+    /// Jail: an empty directory that becomes the VMM's root, in its own
+    /// mount, IPC, UTS, network and PID namespaces, once everything is
+    /// open (before the first KVM_RUN).
+    #[arg(long, value_name = "DIR")]
+    jail_root: Option<PathBuf>,
+    /// Jail: the user id to run as once set up (all capabilities are
+    /// dropped in any case).
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Jail: the group id to run as once set up.
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Run without the per-thread seccomp filters (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Debug builds: make a device worker thread break its seccomp filter
+    /// (the process must die of SIGSYS).
+    #[cfg(debug_assertions)]
+    #[arg(long, hide = true)]
+    debug_seccomp_violation: bool,
     /// Log filter for stderr (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -120,6 +149,7 @@ impl Args {
         config.disks = self.disks;
         config.console_socket = self.console_socket;
         config.serial = self.serial_log;
+        config.serial_log_cap = self.serial_log_max;
         // Forwarded only when stdin is a terminal (checked at run time).
         config.serial_input = true;
         config.nested_pvm_workarounds = if self.no_nested_pvm_workarounds {
@@ -146,11 +176,24 @@ fn main() -> ExitCode {
         );
         EnvFilter::new("info")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    {
+        use tracing_subscriber::filter::FilterExt;
+        use tracing_subscriber::layer::{Layer, SubscriberExt};
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _ = VMM_LOG.set(Mutex::new(CappedWriter::new(
+            std::io::stderr(),
+            args.log_max,
+            "VMM log",
+        )));
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(|| LogWriter)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_filter(filter.and(husk_vmm::logcap::rate_limit_filter())),
+            )
+            .init();
+    }
 
     // Running before the VM is built, so that the bound holds from the
     // signal on even while the VM is being set up.
@@ -164,6 +207,14 @@ fn main() -> ExitCode {
     };
     raise_open_file_limit();
 
+    let jail = husk_vmm::jail::JailConfig {
+        root: args.jail_root.clone(),
+        uid: args.uid,
+        gid: args.gid,
+        seccomp: !args.no_seccomp,
+    };
+    #[cfg(debug_assertions)]
+    let violate = args.debug_seccomp_violation;
     let config = args.into_config();
     let vm = match Vm::new(&config, process_start) {
         Ok(vm) => vm,
@@ -172,6 +223,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Boot set-up is done: everything the VM needs is open.
+    if let Err(e) = husk_vmm::jail::enter(&jail) {
+        eprintln!("husk-vmm: {e}");
+        return ExitCode::FAILURE;
+    }
+    #[cfg(debug_assertions)]
+    if violate {
+        if let Err(e) = husk_vmm::devices::virtio::seccomp_violation_self_test() {
+            eprintln!("husk-vmm: {e}");
+        }
+    }
     if let Some(stop) = &stop_signals {
         stop.attach(vm.exit_sender());
     }
@@ -182,6 +244,25 @@ fn main() -> ExitCode {
     } else {
         eprintln!("husk-vmm: {reason}");
         ExitCode::from(reason.exit_code().clamp(1, 255) as u8)
+    }
+}
+
+/// stderr through the --log-max cap (the guest can provoke warnings).
+static VMM_LOG: std::sync::OnceLock<Mutex<CappedWriter<std::io::Stderr>>> =
+    std::sync::OnceLock::new();
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match VMM_LOG.get().map(Mutex::lock) {
+            Some(Ok(mut log)) => log.write(buf),
+            _ => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

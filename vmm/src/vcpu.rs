@@ -101,6 +101,11 @@ impl Vcpu {
     }
 
     fn run_loop(mut self, clock: Option<FirstRunClock>) {
+        // Before the first KVM_RUN: from here the guest can reach this thread.
+        if let Err(e) = crate::jail::seccomp::apply(crate::jail::seccomp::ThreadKind::Vcpu) {
+            let _ = self.exit.send(VmExitReason::VmmError(e.to_string()));
+            return;
+        }
         let page: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN_PAGE.with(|p| p.set(page));
         if let Some(clock) = clock {

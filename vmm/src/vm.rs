@@ -128,7 +128,7 @@ impl Vm {
         let guest_panicked = Arc::new(AtomicBool::new(false));
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             serial_irq(&vm_fd)?,
-            serial_sink(&config.serial, &guest_panicked)?,
+            serial_sink(&config.serial, config.serial_log_cap, &guest_panicked)?,
         )));
         pio.insert(SERIAL_PORT_BASE, SERIAL_PORT_LEN, serial.clone())?;
         pio.insert(
@@ -209,6 +209,11 @@ impl Vm {
         }
         if self.serial_input && std::io::stdin().is_terminal() {
             forward_stdin(self.serial.clone());
+        }
+        // The vCPU threads are started (each filtered as a vCPU): now this
+        // thread's own filter.
+        if let Err(e) = crate::jail::seccomp::apply(crate::jail::seccomp::ThreadKind::Main) {
+            let _ = self.exit_tx.send(VmExitReason::VmmError(e.to_string()));
         }
 
         // Our own sender keeps the channel open, so this only returns with
@@ -355,16 +360,23 @@ fn serial_irq(vm_fd: &VmFd) -> Result<EventFd, VmError> {
     Ok(evt)
 }
 
-fn serial_sink(output: &SerialOutput, panicked: &Arc<AtomicBool>) -> Result<SerialSink, VmError> {
+fn serial_sink(
+    output: &SerialOutput,
+    cap: u64,
+    panicked: &Arc<AtomicBool>,
+) -> Result<SerialSink, VmError> {
     let sink: SerialSink = match output {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::None => Box::new(std::io::sink()),
-        SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| VmError::SerialLog {
+        // A file fills up from the guest's output alone: capped.
+        SerialOutput::File(path) => Box::new(crate::logcap::CappedWriter::new(
+            File::create(path).map_err(|source| VmError::SerialLog {
                 path: path.clone(),
                 source,
-            })?)
-        }
+            })?,
+            cap,
+            "serial log",
+        )),
     };
     Ok(Box::new(PanicWatch::new(sink, panicked.clone())))
 }
@@ -413,6 +425,10 @@ fn forward_stdin(serial: Arc<Mutex<SerialDevice>>) {
     let spawned = std::thread::Builder::new()
         .name("serial-stdin".into())
         .spawn(move || {
+            // Reads stdin, writes the UART: a worker's needs.
+            if crate::jail::seccomp::apply(crate::jail::seccomp::ThreadKind::Worker).is_err() {
+                return;
+            }
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 64];
             loop {

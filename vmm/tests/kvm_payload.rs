@@ -533,3 +533,89 @@ fn missing_payload_is_a_clear_config_error() {
         "stderr: {stderr}"
     );
 }
+
+/// The jail is in force once the guest runs: no_new_privs, seccomp
+/// filtering, no capability at all, the requested ids, and a mount
+/// namespace of its own whose root is the empty jail directory.
+#[test]
+fn the_running_vmm_is_jailed() {
+    if !kvm_usable() {
+        husk_test_skip::skip("/dev/kvm cannot be opened read-write");
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        husk_test_skip::skip("dropping to another uid needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let jail = dir.path().join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let (mut child, _payload) = start_vmm(
+        &bsp_payload(SPIN),
+        &[
+            "--serial-log",
+            log.to_str().unwrap(),
+            "--jail-root",
+            jail.to_str().unwrap(),
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+        ],
+        Stdio::null(),
+        Stdio::piped(),
+    );
+    let running = wait_for(&mut child, Duration::from_secs(10), || {
+        std::fs::read(&log).unwrap_or_default().contains(&b'B')
+    });
+    let pid = child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let own_ns = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let its_ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt"));
+    let root_entries: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_else(|e| vec![format!("unreadable: {e}").into()]);
+    let (_, _) = terminate(&mut child);
+    let stderr = read_all(child.stderr.take());
+    assert!(running, "the guest did not run; stderr: {stderr}");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|value| value.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("Seccomp:"), "2", "{status}");
+    for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(caps), "0000000000000000", "{caps} {status}");
+    }
+    assert_eq!(field("Uid:"), "65534 65534 65534 65534", "{status}");
+    assert_eq!(field("Gid:"), "65534 65534 65534 65534", "{status}");
+    assert_ne!(its_ns.unwrap(), own_ns, "its own mount namespace");
+    assert!(root_entries.is_empty(), "its root holds {root_entries:?}");
+}
+
+/// Debug builds: a device worker that makes a syscall outside its filter
+/// kills the whole VMM with SIGSYS, and the log says which syscall.
+#[cfg(debug_assertions)]
+#[test]
+fn a_seccomp_violation_in_a_worker_kills_the_vmm_with_sigsys() {
+    use std::os::unix::process::ExitStatusExt;
+    if !kvm_usable() {
+        husk_test_skip::skip("/dev/kvm cannot be opened read-write");
+        return;
+    }
+    let out = run_payload(&bsp_payload(SPIN), &["--debug-seccomp-violation"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGSYS), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "seccomp violation: syscall {} in a device worker thread",
+            libc::SYS_socket
+        )),
+        "stderr: {stderr}"
+    );
+}

@@ -361,6 +361,12 @@ impl FrameDecoder {
     /// header is checked as soon as it is complete, so an oversized or
     /// garbage frame fails before its payload is buffered.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        Ok(self.next_frame_sized()?.map(|(frame, _)| frame))
+    }
+
+    /// Like [`Self::next_frame`], with the frame's size on the wire (for a
+    /// reader that bounds what it buffers in bytes).
+    pub fn next_frame_sized(&mut self) -> Result<Option<(Frame, usize)>, ProtocolError> {
         let Some(header_bytes) = self.buffer.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
@@ -371,7 +377,7 @@ impl FrameDecoder {
         }
         let payload = self.buffer[HEADER_LEN..total].to_vec();
         self.buffer.drain(..total);
-        decode_payload(&header, payload).map(Some)
+        decode_payload(&header, payload).map(|frame| Some((frame, total)))
     }
 }
 

@@ -69,6 +69,8 @@
 mod error;
 pub mod flow;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod messages;
 
 pub use error::ProtocolError;

@@ -3,12 +3,14 @@
 
 pub mod capabilities;
 pub mod cgroups;
+pub mod devices;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
 pub mod seccomp;
 pub mod stdio;
 mod syscall_table;
+mod unsupported;
 mod users;
 
 use std::fs::{self, File};
@@ -208,6 +210,12 @@ impl Container {
     pub fn create(request: &CreateContainer) -> Result<(Self, ParentStdio), StepError> {
         validate_id(&request.container_id)?;
         let spec = &request.spec;
+        if let Some(field) = unsupported::first_unsupported(spec) {
+            return Err(StepError::new(
+                "spec",
+                format!("{field} is not supported by husk"),
+            ));
+        }
         let process = spec
             .process()
             .clone()
@@ -271,6 +279,12 @@ impl Container {
             linux.resources().as_ref(),
         )
         .map_err(|err| StepError::new("cgroup limits", err))?;
+        // Before any process joins: the container never holds a device
+        // outside its policy, not even during setup.
+        let device_rules =
+            devices::rules(linux).map_err(|err| StepError::new("device policy", err))?;
+        devices::attach(&cgroup, &devices::program(&device_rules))
+            .map_err(|err| StepError::new("device cgroup", err))?;
 
         let terminal = process.terminal().unwrap_or(false);
         let (parent_stdio, child_stdio) =

@@ -208,7 +208,13 @@ fn mount_one(rootfs: &Path, spec_mount: &Mount) -> Result<(), StepError> {
         }
     } else {
         let source = source.unwrap_or_else(|| PathBuf::from(fstype.unwrap_or("none")));
-        mount(Some(&source), &target, fstype, options.flags, data)
+        let mut flags = options.flags;
+        // Device nodes reach /dev as bind mounts of their own (see
+        // devices.rs): a node container root makes there must not open.
+        if target == rootfs.join("dev") {
+            flags |= MsFlags::MS_NODEV;
+        }
+        mount(Some(&source), &target, fstype, flags, data)
             .map_err(|err| StepError::new(&step, err))?;
     }
     if !options.propagation.is_empty() {
@@ -284,6 +290,13 @@ pub fn prepare_rootfs(rootfs: &Path, spec: &Spec, console: Option<&Path>) -> Res
         mount_one(rootfs, spec_mount)?;
     }
     default_devices(rootfs)?;
+    let devices = spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.devices().clone())
+        .unwrap_or_default();
+    let staging = rootfs.parent().unwrap_or(rootfs).join("devices");
+    super::devices::create_nodes(rootfs, &staging, &devices)?;
     if let Some(console) = console {
         let target = rootfs.join("dev/console");
         create_mount_point(&target, true)?;
@@ -359,14 +372,37 @@ pub fn remount_readonly(path: &str, step: &str) -> Result<(), StepError> {
         None::<&str>,
     )
     .map_err(|err| StepError::new(step, err))?;
+    // A bind remount sets the mount's flags to exactly those given: keep
+    // the ones it has (nodev on the rootfs above all).
+    let kept = preserved_flags(path).map_err(|err| StepError::new(step, err))?;
     mount(
         None::<&str>,
         path,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | kept,
         None::<&str>,
     )
     .map_err(|err| StepError::new(step, err))
+}
+
+/// The per-mount flags of the mount at `path` that a remount must repeat.
+fn preserved_flags(path: &str) -> nix::Result<MsFlags> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let flags = statvfs(path)?.flags();
+    let mut kept = MsFlags::empty();
+    for (fs_flag, ms_flag) in [
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if flags.contains(fs_flag) {
+            kept |= ms_flag;
+        }
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]

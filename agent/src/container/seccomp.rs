@@ -3,10 +3,12 @@
 //! seccompiler filters have one match action each, so a profile becomes a
 //! stack of filters: first the main one (default action on mismatch, allow
 //! on match), then one per other action (allow on mismatch). The kernel runs
-//! every filter and keeps the most restrictive result; among equally strict
-//! results the most recently installed filter wins, which is why the
-//! per-action filters come after the main one (e.g. `clone3` → ENOSYS beats
-//! the default EPERM, as a profile intends).
+//! every filter and keeps the most restrictive result, so every syscall a
+//! rule names is let through by the main filter (under the rule's own
+//! conditions): otherwise a rule less strict than the default (`LOG`, or
+//! `ERRNO` under a `KILL` default) would lose to the default for its own
+//! syscall. A profile means "the rule's action for the syscalls it names,
+//! the default for the rest", and that is what this gives.
 
 use std::collections::BTreeMap;
 
@@ -100,24 +102,36 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, SeccompError> 
         } else {
             Some(SeccompRule::new(conditions)?)
         };
-        let rules = if act == SeccompAction::Allow {
-            &mut main_rules
+        let mut rules = if act == SeccompAction::Allow {
+            None
         } else if let Some(index) = other.iter().position(|(known, _)| *known == act) {
-            &mut other[index].1
+            Some(&mut other[index].1)
         } else {
             other.push((act.clone(), RuleSet::new()));
             let last = other.len() - 1;
-            &mut other[last].1
+            Some(&mut other[last].1)
         };
         for name in syscall.names() {
             match syscall_number(name) {
-                Some(number) => add_rule(rules, number, rule.clone()),
+                Some(number) => {
+                    // The main filter lets it through; its action's filter
+                    // (if not plain allow) then decides.
+                    add_rule(&mut main_rules, number, rule.clone());
+                    if let Some(rules) = rules.as_mut() {
+                        add_rule(rules, number, rule.clone());
+                    }
+                }
                 None => tracing::debug!(syscall = %name, "seccomp: unknown syscall skipped"),
             }
         }
     }
 
     other.retain(|(_, rules)| !rules.is_empty());
+    // Each filter after the first is installed with seccomp(2): a filter
+    // that stops seccomp(2) itself goes last, so the others still install.
+    if let Some(number) = syscall_number("seccomp") {
+        other.sort_by_key(|(_, rules)| rules.contains_key(&number));
+    }
     let arch = TargetArch::x86_64;
     let mut programs = Vec::new();
     if default != SeccompAction::Allow {
@@ -308,6 +322,112 @@ mod tests {
             compile(&notify),
             Err(SeccompError::UnsupportedAction(_))
         ));
+    }
+
+    /// How a forked child that installs `profile` and makes three raw
+    /// syscalls ends: each call's result (errno, or 0 for success) or the
+    /// signal that killed it. This checks behaviour, as the kernel applies
+    /// the stacked filters, not the shape of the programs.
+    fn run_under(profile_json: &str, calls: [libc::c_long; 3]) -> Result<[i32; 3], i32> {
+        let programs = compile(&profile(profile_json)).unwrap();
+        let mut pipe = [0i32; 2];
+        // SAFETY: plain pipe creation into a local array.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: the child only makes raw syscalls (no allocation, no
+        // locks) until _exit, so forking a threaded test runner is safe.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                if install(&programs).is_err() {
+                    libc::_exit(99);
+                }
+                let mut results = [0i32; 3];
+                for (slot, number) in results.iter_mut().zip(calls) {
+                    if libc::syscall(number) < 0 {
+                        *slot = *libc::__errno_location();
+                    }
+                }
+                libc::write(pipe[1], results.as_ptr().cast(), 12);
+                libc::_exit(0);
+            }
+        }
+        unsafe { libc::close(pipe[1]) };
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let mut results = [0i32; 3];
+        let read = unsafe { libc::read(pipe[0], results.as_mut_ptr().cast(), 12) };
+        unsafe { libc::close(pipe[0]) };
+        if libc::WIFSIGNALED(status) {
+            return Err(libc::WTERMSIG(status));
+        }
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the child could not install");
+        assert_eq!(read, 12);
+        Ok(results)
+    }
+
+    #[test]
+    fn allowed_errno_and_less_strict_rules_behave_as_the_profile_says() {
+        // Default EPERM; getppid allowed, getpgrp under LOG (less strict
+        // than the default: it must succeed), getuid not named (EPERM).
+        let results = run_under(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
+                 {"names":["exit_group","exit","write"],"action":"SCMP_ACT_ALLOW"},
+                 {"names":["getppid"],"action":"SCMP_ACT_ALLOW"},
+                 {"names":["getpgrp"],"action":"SCMP_ACT_LOG"}]}"#,
+            [libc::SYS_getppid, libc::SYS_getpgrp, libc::SYS_getuid],
+        )
+        .unwrap();
+        assert_eq!(results, [0, 0, libc::EPERM]);
+    }
+
+    #[test]
+    fn errno_rule_under_a_kill_default_returns_its_errno() {
+        let results = run_under(
+            r#"{"defaultAction":"SCMP_ACT_KILL_PROCESS","syscalls":[
+                 {"names":["exit_group","exit","write","getppid"],"action":"SCMP_ACT_ALLOW"},
+                 {"names":["getpgrp"],"action":"SCMP_ACT_ERRNO","errnoRet":38},
+                 {"names":["getuid"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+            [libc::SYS_getppid, libc::SYS_getpgrp, libc::SYS_getuid],
+        )
+        .unwrap();
+        assert_eq!(results, [0, libc::ENOSYS, libc::EACCES]);
+    }
+
+    #[test]
+    fn kill_rule_kills_with_sigsys() {
+        let outcome = run_under(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                 {"names":["getpgrp"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
+            [libc::SYS_getppid, libc::SYS_getpgrp, libc::SYS_getuid],
+        );
+        assert_eq!(outcome, Err(libc::SIGSYS));
+    }
+
+    /// `husk run`'s default profile (data kept with the host, which puts
+    /// it in the spec): every name is a syscall this table knows, and it
+    /// compiles; under it, a namespace flag to clone fails with EPERM,
+    /// clone3 with ENOSYS, and ordinary calls work.
+    #[test]
+    fn the_default_run_profile_compiles_and_behaves() {
+        let text = include_str!("../../../runtime-shim/src/sandbox/seccomp_default.json");
+        let parsed = profile(text);
+        for rule in parsed.syscalls().iter().flatten() {
+            for name in rule.names() {
+                assert!(syscall_number(name).is_some(), "{name}");
+            }
+        }
+        let results = run_under(
+            text,
+            [libc::SYS_getppid, libc::SYS_clone3, libc::SYS_unshare],
+        )
+        .unwrap();
+        assert_eq!(results[0], 0);
+        assert_eq!(results[1], libc::ENOSYS);
+        // unshare is not allowed at all: EPERM whatever its flags.
+        assert_eq!(results[2], libc::EPERM);
     }
 
     #[test]

@@ -259,7 +259,7 @@ fn prune(store: &Store) -> anyhow::Result<i32> {
         println!("kept layer: {layer} (used by container {container})");
     }
     println!(
-        "pruned {} layer{}, {} blob{}, {} stale staging entr{}; reclaimed {}",
+        "pruned {} layer{}, {} blob{}, {} stale staging entr{}, {} lock file{}; reclaimed {}",
         report.deleted_layers.len(),
         plural(report.deleted_layers.len()),
         report.deleted_blobs.len(),
@@ -270,6 +270,8 @@ fn prune(store: &Store) -> anyhow::Result<i32> {
         } else {
             "ies"
         },
+        report.swept_locks,
+        plural(report.swept_locks),
         HumanBytes(report.reclaimed_bytes)
     );
     Ok(0)

@@ -8,7 +8,7 @@ use crate::image::{Store, StoreError};
 use crate::sandbox::agent_client::AgentError;
 use crate::sandbox::launch::{self, Launch, LaunchError, Outcome};
 use crate::sandbox::select::BackendChoice;
-use crate::sandbox::spec::{parse_size, RunOptions};
+use crate::sandbox::spec::{parse_size, RunOptions, SeccompChoice};
 use crate::sandbox::terminal;
 
 /// Docker's minimum for `--memory`.
@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// Container host name (default: the start of its ID).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Security options: `seccomp=FILE` (an OCI seccomp profile, JSON) or
+    /// `seccomp=unconfined`; the default is husk's Docker-like profile.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
     /// Which program runs the VM: auto follows `husk check`.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
@@ -164,6 +168,15 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
     if let Some(limit) = args.pids_limit {
         anyhow::ensure!(limit > 0, "--pids-limit must be positive");
     }
+    let mut seccomp = SeccompChoice::Default;
+    for opt in &args.security_opt {
+        match opt.split_once(['=', ':']) {
+            Some(("seccomp", value)) => seccomp = SeccompChoice::parse(value)?,
+            _ => anyhow::bail!(
+                "unsupported --security-opt {opt:?} (supported: seccomp=FILE|unconfined)"
+            ),
+        }
+    }
     let image = ensure_image(
         store,
         &args.image,
@@ -187,6 +200,7 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         cpus: args.cpus,
         pids_limit: args.pids_limit,
         group_add: args.group_add,
+        seccomp,
     };
     let launch = Launch {
         image,

@@ -110,6 +110,9 @@ pub struct PruneReport {
     pub kept_in_use: Vec<(String, String)>,
     pub deleted_blobs: Vec<String>,
     pub swept_staging: usize,
+    /// Lock files of layers that no longer exist (every import, refused
+    /// ones included, leaves one per chain ID).
+    pub swept_locks: usize,
     pub reclaimed_bytes: u64,
 }
 
@@ -625,7 +628,41 @@ impl Store {
             }
         }
         report.deleted_blobs = self.delete_unreferenced_blobs()?;
+        report.swept_locks = self.sweep_lock_files()?;
         Ok(report)
+    }
+
+    /// Removes `locks/<chain id>.lock` files whose layer does not exist,
+    /// each under its own lock (busy ones are kept), with the store lock
+    /// held so that no import commits the layer meanwhile.
+    fn sweep_lock_files(&self) -> Result<usize, StoreError> {
+        let locks = self.layout.locks_dir();
+        let mut swept = 0;
+        for entry in fs::read_dir(&locks).map_err(io_error(&locks))? {
+            let entry = entry.map_err(io_error(&locks))?;
+            let Some(chain_id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.strip_suffix(".lock"))
+                .and_then(|hex| Digest::from_hex(hex).ok())
+            else {
+                continue;
+            };
+            let path = self.layout.layer_lock(&chain_id);
+            if self.layout.layer_dir(&chain_id).exists() {
+                continue;
+            }
+            let Some(held) = lock::try_exclusive(&path).map_err(io_error(&path))? else {
+                continue;
+            };
+            let _store = self.lock_store()?;
+            if self.layout.layer_dir(&chain_id).exists() {
+                continue;
+            }
+            held.remove(&path).map_err(io_error(&path))?;
+            swept += 1;
+        }
+        Ok(swept)
     }
 
     fn layer_depth(&self, chain_id: &Digest) -> usize {

@@ -125,6 +125,32 @@ fn remove_keeps_shared_layers_and_prune_removes_orphans() {
 }
 
 #[test]
+fn prune_sweeps_lock_files_of_layers_that_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let kept = [Digest::of_bytes(b"kept")];
+    add_image(&store, &kept, "kept", &["kept:latest"]);
+    let kept_lock = store.layout().layer_lock(&chain_ids(&kept)[0]);
+    drop(store.lock_layer(&chain_ids(&kept)[0]).unwrap());
+    // What a refused import leaves: a lock file and no layer.
+    let gone = Digest::of_bytes(b"refused");
+    let gone_lock = store.layout().layer_lock(&gone);
+    drop(store.lock_layer(&gone).unwrap());
+    // A lock an import holds right now stays, layer or not.
+    let busy = Digest::of_bytes(b"importing");
+    let busy_lock = store.layout().layer_lock(&busy);
+    let held = store.lock_layer(&busy).unwrap();
+    let report = store.prune().unwrap();
+    assert_eq!(report.swept_locks, 1);
+    assert!(!gone_lock.exists());
+    assert!(kept_lock.exists());
+    assert!(busy_lock.exists());
+    drop(held);
+    assert_eq!(store.prune().unwrap().swept_locks, 1);
+    assert!(!busy_lock.exists());
+}
+
+#[test]
 fn ambiguous_and_missing_layers_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

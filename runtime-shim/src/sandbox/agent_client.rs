@@ -6,7 +6,7 @@
 //! never a hang. Everything read from the guest goes through the protocol's
 //! bounded frame decoder.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -14,22 +14,26 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use husk_protocol::{
-    check_hello, encode_frame, ErrorReply, Event, Frame, FrameDecoder, Hello, ProtocolError, Reply,
-    Request, RequestId, Response,
+    check_hello, encode_frame, ErrorReply, Event, Frame, FrameDecoder, Hello, ProcessId,
+    ProtocolError, Reply, Request, RequestId, Response, Stream, INITIAL_WINDOW,
 };
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 
 use super::backend::VmProcess;
+use super::printable::{printable, Lines};
 use super::signals::SignalWatch;
 
 /// Longest single sleep in a wait: how soon a dead VM or a signal is noticed
 /// when the socket is quiet.
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// More frames than this read ahead of the consumer means a guest flooding
-/// the channel (legitimate traffic is bounded by flow-control credit).
-const MAX_QUEUED_FRAMES: usize = 4096;
+/// More than this read ahead of the consumer (frames' bytes plus their
+/// in-memory size) means a guest flooding the channel: legitimate traffic
+/// is bounded by flow-control credit, one window per stream (checked on
+/// every Data frame as it arrives), and by the few replies and events a
+/// request causes. This is the most a guest can make husk hold.
+pub const MAX_INBOX_BYTES: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -57,7 +61,7 @@ pub enum AgentError {
     Agent(ErrorReply),
     #[error("the guest agent gave up: {0}")]
     Fatal(String),
-    #[error("the agent sent {0} frames ahead of the host: a misbehaving guest")]
+    #[error("the agent sent over {0} bytes ahead of the host: a misbehaving guest")]
     Flood(usize),
     #[error("the agent answered {request} with an unexpected {reply}")]
     UnexpectedReply {
@@ -70,8 +74,13 @@ pub enum AgentError {
 pub struct AgentClient {
     stream: UnixStream,
     decoder: FrameDecoder,
-    /// Frames read but not yet taken by the caller.
-    inbox: VecDeque<Frame>,
+    /// Frames read but not yet taken by the caller, with their cost.
+    inbox: VecDeque<(Frame, usize)>,
+    /// The cost of everything in the inbox (see [`MAX_INBOX_BYTES`]).
+    inbox_bytes: usize,
+    /// Data bytes in the inbox per stream: never more than a window, which
+    /// is all the credit the consumer can ever have granted.
+    queued_data: HashMap<(ProcessId, Stream), usize>,
     /// Encoded frames not yet written to the socket.
     outgoing: Vec<u8>,
     next_request: RequestId,
@@ -97,6 +106,8 @@ impl AgentClient {
                         stream,
                         decoder: FrameDecoder::new(),
                         inbox: VecDeque::new(),
+                        inbox_bytes: 0,
+                        queued_data: HashMap::new(),
                         outgoing: Vec::new(),
                         next_request: 1,
                         closed: false,
@@ -159,9 +170,9 @@ impl AgentClient {
             if let Some(pos) = self
                 .inbox
                 .iter()
-                .position(|f| matches!(f, Frame::Response { id: got, .. } if *got == id))
+                .position(|(f, _)| matches!(f, Frame::Response { id: got, .. } if *got == id))
             {
-                if let Some(Frame::Response { response, .. }) = self.inbox.remove(pos) {
+                if let Some(Frame::Response { response, .. }) = self.take(pos) {
                     return match response {
                         Response::Ok(reply) => Ok(reply),
                         Response::Error(err) => Err(AgentError::Agent(err)),
@@ -188,7 +199,64 @@ impl AgentClient {
 
     /// The oldest frame read and not yet taken.
     pub fn next_frame(&mut self) -> Option<Frame> {
-        self.inbox.pop_front()
+        self.take(0)
+    }
+
+    /// Removes the inbox's frame at `pos`, releasing its accounting.
+    fn take(&mut self, pos: usize) -> Option<Frame> {
+        let (frame, cost) = self.inbox.remove(pos)?;
+        self.inbox_bytes -= cost;
+        if let Frame::Data {
+            process,
+            stream,
+            data,
+        } = &frame
+        {
+            if let Some(queued) = self.queued_data.get_mut(&(*process, *stream)) {
+                *queued -= data.len();
+                if *queued == 0 {
+                    self.queued_data.remove(&(*process, *stream));
+                }
+            }
+        }
+        Some(frame)
+    }
+
+    /// Queues a frame read from the guest, or refuses it: a Data frame
+    /// beyond its stream's window (credit the consumer cannot have granted,
+    /// whether or not a call is pending), or anything past the byte bound.
+    fn admit(&mut self, frame: Frame, wire_len: usize) -> Result<(), AgentError> {
+        if let Frame::Data {
+            process,
+            stream,
+            data,
+        } = &frame
+        {
+            let queued = self.queued_data.entry((*process, *stream)).or_insert(0);
+            let window = INITIAL_WINDOW as usize;
+            if *queued + data.len() > window {
+                return Err(ProtocolError::CreditExceeded {
+                    process: *process,
+                    stream: stream.name(),
+                    len: data.len(),
+                    credit: u32::try_from(window - *queued).unwrap_or(0),
+                }
+                .into());
+            }
+            *queued += data.len();
+        }
+        let cost = wire_len + std::mem::size_of::<Frame>();
+        self.inbox_bytes += cost;
+        self.inbox.push_back((frame, cost));
+        if self.inbox_bytes > MAX_INBOX_BYTES {
+            return Err(AgentError::Flood(MAX_INBOX_BYTES));
+        }
+        Ok(())
+    }
+
+    /// What the inbox holds now (see [`MAX_INBOX_BYTES`]).
+    pub fn inbox_bytes(&self) -> usize {
+        self.inbox_bytes
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -225,14 +293,12 @@ impl AgentClient {
                     self.decoder.feed(&buf[..n]);
                     // Decode as we go: a garbage header fails here, before
                     // anything more from the peer is buffered.
-                    while let Some(frame) = self.decoder.next_frame()? {
+                    while let Some((frame, wire_len)) = self.decoder.next_frame_sized()? {
+                        let frame = printable_frame(frame);
                         if let Frame::Event(Event::Fatal { message }) = frame {
                             return Err(AgentError::Fatal(message));
                         }
-                        self.inbox.push_back(frame);
-                    }
-                    if self.inbox.len() > MAX_QUEUED_FRAMES {
-                        return Err(AgentError::Flood(self.inbox.len()));
+                        self.admit(frame, wire_len)?;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -325,7 +391,7 @@ impl AgentClient {
         what: &'static str,
     ) -> Result<Frame, AgentError> {
         loop {
-            if let Some(frame) = self.inbox.pop_front() {
+            if let Some(frame) = self.take(0) {
                 return Ok(frame);
             }
             self.pump(vm, signals, deadline, timeout, what)?;
@@ -353,6 +419,35 @@ impl AgentClient {
             tracing::warn!(error = %e, "killing the VM");
         }
         tracing::debug!(elapsed = ?started.elapsed(), "VM shut down");
+    }
+}
+
+/// The guest's free text (error replies, the fatal message, its version
+/// string) made printable before anything can show it on a terminal.
+fn printable_frame(frame: Frame) -> Frame {
+    let line = |text: String| printable(&text, Lines::Escape);
+    match frame {
+        Frame::Response {
+            id,
+            response: Response::Error(ErrorReply { step, message }),
+        } => Frame::Response {
+            id,
+            response: Response::Error(ErrorReply {
+                step: line(step),
+                message: line(message),
+            }),
+        },
+        Frame::Event(Event::Fatal { message }) => Frame::Event(Event::Fatal {
+            message: line(message),
+        }),
+        Frame::Hello(Hello {
+            protocol_version,
+            agent_version,
+        }) => Frame::Hello(Hello {
+            protocol_version,
+            agent_version: line(agent_version),
+        }),
+        other => other,
     }
 }
 

@@ -196,14 +196,15 @@ pub(crate) fn spawn_vm(
     config: &VmConfig,
 ) -> Result<VmProcess, BackendError> {
     let program = command.get_program().to_string_lossy().into_owned();
-    let log = File::create(&config.vmm_log).map_err(|source| BackendError::Log {
+    // Through a pipe and a cap: the guest can make the VM program log.
+    let log_error = |source| BackendError::Log {
         path: config.vmm_log.clone(),
         source,
-    })?;
-    let log_err = log.try_clone().map_err(|source| BackendError::Log {
-        path: config.vmm_log.clone(),
-        source,
-    })?;
+    };
+    let (log, log_copy) =
+        super::logcap::capped_pipe(&config.vmm_log, super::logcap::LOG_CAP, "VM program log")
+            .map_err(log_error)?;
+    let log_err = log.try_clone().map_err(log_error)?;
     command
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
@@ -252,6 +253,7 @@ pub(crate) fn spawn_vm(
         serial_log: config.serial_log.clone(),
         vmm_log: config.vmm_log.clone(),
         status: None,
+        log_copies: vec![log_copy],
     })
 }
 
@@ -264,6 +266,8 @@ pub struct VmProcess {
     serial_log: PathBuf,
     vmm_log: PathBuf,
     status: Option<ExitStatus>,
+    /// The capped copies of its logs (see `logcap`).
+    log_copies: Vec<super::logcap::LogCopy>,
 }
 
 impl VmProcess {
@@ -277,6 +281,12 @@ impl VmProcess {
 
     pub fn serial_log(&self) -> &Path {
         &self.serial_log
+    }
+
+    /// Keeps another capped log copy of this VM (QEMU's serial port), so
+    /// that reading the logs after the end sees all of it.
+    pub fn keep_log(&mut self, copy: super::logcap::LogCopy) {
+        self.log_copies.push(copy);
     }
 
     /// The exit status if the VM program has ended, without blocking.
@@ -326,12 +336,22 @@ impl VmProcess {
             Ok(None) => "is still running".to_string(),
             Err(e) => e.to_string(),
         };
+        if self.status.is_some() {
+            // The copies end right after the program: let them finish.
+            for copy in &mut self.log_copies {
+                copy.wait(Duration::from_secs(2));
+            }
+        }
         let mut text = format!("{} (pid {}) {how}", self.program, self.child.id());
         for (label, path) in [
             ("its log", &self.vmm_log),
             ("guest console", &self.serial_log),
         ] {
-            let tail = tail_of_file(path, 1500);
+            // Both logs carry guest-controlled text.
+            let tail = super::printable::printable(
+                &tail_of_file(path, 1500),
+                super::printable::Lines::Keep,
+            );
             if !tail.trim().is_empty() {
                 text.push_str(&format!(
                     "\n--- {label} ({}) ---\n{}",

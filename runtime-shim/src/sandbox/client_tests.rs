@@ -546,3 +546,128 @@ fn output_and_exit_sent_just_before_the_channel_closes_are_kept() {
     drop(p.out_w);
     assert_eq!(drain(out_r).join().unwrap(), b"last words\n");
 }
+
+/// Serves the Hello, takes one request and runs `flood` with the stream;
+/// then waits for the host to hang up (EOF), so the host decides the end.
+fn flooding_agent<F>(fx: &Fixture, flood: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(&mut std::os::unix::net::UnixStream) + Send + 'static,
+{
+    fx.agent(move |mut s| {
+        hello(&mut s);
+        let _ = recv(&mut s);
+        flood(&mut s);
+        let mut byte = [0u8; 1];
+        while matches!(s.read(&mut byte), Ok(n) if n > 0) {}
+    })
+}
+
+#[test]
+fn data_beyond_its_window_is_refused_while_a_call_is_pending() {
+    let fx = Fixture::new();
+    let mut vm = fx.vm("sleep 30");
+    // Never answers the call: pours stdout past the window instead, in
+    // chunks that are each within the frame limits.
+    let agent = flooding_agent(&fx, |s| {
+        let chunk = husk_protocol::MAX_DATA_CHUNK;
+        for _ in 0..=(INITIAL_WINDOW as usize / chunk) {
+            let frame = Frame::Data {
+                process: 1,
+                stream: Stream::Stdout,
+                data: vec![b'x'; chunk],
+            };
+            if husk_protocol::write_frame(s, &frame).is_err() {
+                return;
+            }
+        }
+    });
+    let mut client = connect(&fx, &mut vm);
+    client.handshake(&mut vm, None, SHORT).unwrap();
+    let err = client
+        .call(&mut vm, None, Request::Stats, SHORT)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Protocol(husk_protocol::ProtocolError::CreditExceeded { .. })
+        ),
+        "{err}"
+    );
+    drop(client);
+    agent.join().unwrap();
+}
+
+#[test]
+fn a_100_mib_flood_during_a_pending_call_is_cut_off_at_the_byte_bound() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const FLOOD: usize = 100 << 20;
+    let fx = Fixture::new();
+    let mut vm = fx.vm("sleep 30");
+    let written = Arc::new(AtomicUsize::new(0));
+    let counter = written.clone();
+    // Each frame is within its stream's window (a new process each time):
+    // only the byte bound can stop this.
+    let agent = flooding_agent(&fx, move |s| {
+        let chunk = husk_protocol::MAX_DATA_CHUNK;
+        let mut process = 1;
+        while counter.load(Ordering::Relaxed) < FLOOD {
+            let frame = Frame::Data {
+                process,
+                stream: Stream::Stderr,
+                data: vec![b'y'; chunk],
+            };
+            if husk_protocol::write_frame(s, &frame).is_err() {
+                return;
+            }
+            counter.fetch_add(chunk + husk_protocol::HEADER_LEN, Ordering::Relaxed);
+            process += 1;
+        }
+    });
+    let mut client = connect(&fx, &mut vm);
+    client.handshake(&mut vm, None, SHORT).unwrap();
+    let err = client
+        .call(&mut vm, None, Request::Stats, Duration::from_secs(60))
+        .unwrap_err();
+    assert!(matches!(err, AgentError::Flood(_)), "{err}");
+    // What husk held when it gave up: the bound plus at most one read.
+    assert!(
+        client.inbox_bytes() <= super::agent_client::MAX_INBOX_BYTES + (64 << 10) * 4,
+        "{}",
+        client.inbox_bytes()
+    );
+    drop(client);
+    agent.join().unwrap();
+    let sent = written.load(Ordering::Relaxed);
+    assert!(sent < FLOOD, "the host read all {sent} bytes");
+}
+
+#[test]
+fn guest_error_text_reaches_the_user_printable() {
+    let fx = Fixture::new();
+    let mut vm = fx.vm("sleep 30");
+    let agent = fx.agent(|mut s| {
+        hello(&mut s);
+        if let Frame::Request { id, .. } = recv(&mut s) {
+            send(
+                &mut s,
+                Frame::Response {
+                    id,
+                    response: Response::Error(ErrorReply {
+                        step: "mount\x1b]0;owned\x07".into(),
+                        message: "bad\x1b[2J\rthing".into(),
+                    }),
+                },
+            );
+        }
+    });
+    let mut client = connect(&fx, &mut vm);
+    client.handshake(&mut vm, None, SHORT).unwrap();
+    let err = client
+        .call(&mut vm, None, Request::Stats, SHORT)
+        .unwrap_err();
+    let shown = err.to_string();
+    assert!(!shown.chars().any(|ch| ch.is_control()), "{shown:?}");
+    assert!(shown.contains("bad\\u{1b}[2J\\u{d}thing"), "{shown}");
+    agent.join().unwrap();
+}

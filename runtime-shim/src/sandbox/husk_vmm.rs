@@ -62,6 +62,15 @@ impl HuskVmmBackend {
     /// The command line for `config`; writes the list file of a
     /// concatenated disk.
     pub fn command(&self, config: &VmConfig) -> Result<Command, BackendError> {
+        self.command_jailed(config, None)
+    }
+
+    /// The command line, with husk-vmm's jail (see [`Jail`]) if given.
+    pub fn command_jailed(
+        &self,
+        config: &VmConfig,
+        jail: Option<&Jail>,
+    ) -> Result<Command, BackendError> {
         let mut cmd = Command::new(&self.program);
         let mut cmdline = base_cmdline();
         // husk-vmm ends the VM on the i8042 reset line.
@@ -102,7 +111,63 @@ impl HuskVmmBackend {
         }
         cmd.arg("--console-socket").arg(&config.console_socket);
         cmd.arg("--serial-log").arg(&config.serial_log);
+        if let Some(jail) = jail {
+            cmd.arg("--jail-root").arg(&jail.root);
+            cmd.arg("--uid").arg(jail.uid.to_string());
+            cmd.arg("--gid").arg(jail.gid.to_string());
+        }
         Ok(cmd)
+    }
+}
+
+/// Where and as whom husk-vmm runs once set up: pivoted into an empty
+/// directory of the VM's run directory, as the `husk` user that set-up
+/// creates (else `nobody`), with no capabilities, no_new_privs and its
+/// seccomp filters (always on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jail {
+    pub root: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The unprivileged user for VM programs: `husk`, else `nobody`.
+pub fn vm_user() -> (u32, u32) {
+    match nix::unistd::User::from_name("husk") {
+        Ok(Some(user)) => (user.uid.as_raw(), user.gid.as_raw()),
+        _ => (65534, 65534),
+    }
+}
+
+impl Jail {
+    /// The jail for `config`, its directory created; `None` when husk is
+    /// not root (namespaces and the id change need privileges that an
+    /// unprivileged husk does not have to give away).
+    /// `HUSK_VMM_JAIL=off` leaves the jail out (debugging, and measuring
+    /// what it costs); husk-vmm's seccomp filters stay on regardless.
+    pub fn prepare(config: &VmConfig) -> Result<Option<Jail>, BackendError> {
+        if !nix::unistd::geteuid().is_root()
+            || std::env::var("HUSK_VMM_JAIL").as_deref() == Ok("off")
+        {
+            return Ok(None);
+        }
+        let run_dir = config
+            .console_socket
+            .parent()
+            .ok_or_else(|| BackendError::Config("the console socket has no directory".into()))?;
+        let root = run_dir.join("jail");
+        match std::fs::create_dir(&root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(BackendError::Config(format!(
+                    "creating the VMM jail {}: {e}",
+                    root.display()
+                )))
+            }
+        }
+        let (uid, gid) = vm_user();
+        Ok(Some(Jail { root, uid, gid }))
     }
 }
 
@@ -139,7 +204,12 @@ impl VmBackend for HuskVmmBackend {
     }
 
     fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError> {
-        spawn_vm(self.kind(), self.command(config)?, config)
+        let jail = Jail::prepare(config)?;
+        spawn_vm(
+            self.kind(),
+            self.command_jailed(config, jail.as_ref())?,
+            config,
+        )
     }
 }
 
@@ -211,6 +281,35 @@ mod tests {
                 dir.path().join("l1.erofs").display()
             )
         );
+    }
+
+    #[test]
+    fn the_jail_is_passed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.disks.clear();
+        let jail = Jail {
+            root: "/r/jail".into(),
+            uid: 998,
+            gid: 997,
+        };
+        let vmm = HuskVmmBackend::with_program(std::path::Path::new("/bin/husk-vmm"));
+        let joined = args(&vmm.command_jailed(&c, Some(&jail)).unwrap()).join(" ");
+        assert!(
+            joined.ends_with("--jail-root /r/jail --uid 998 --gid 997"),
+            "{joined}"
+        );
+        assert!(!args(&vmm.command(&c).unwrap())
+            .join(" ")
+            .contains("--jail-root"));
+        // As root, the jail is an empty directory beside the socket.
+        c.console_socket = dir.path().join("c.sock");
+        if nix::unistd::geteuid().is_root() {
+            let jail = Jail::prepare(&c).unwrap().unwrap();
+            assert_eq!(jail.root, dir.path().join("jail"));
+            assert!(std::fs::read_dir(&jail.root).unwrap().next().is_none());
+            assert_eq!((jail.uid, jail.gid), vm_user());
+        }
     }
 
     #[test]

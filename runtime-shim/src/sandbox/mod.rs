@@ -14,6 +14,8 @@ pub mod husk_vmm;
 pub mod initramfs;
 pub mod launch;
 pub mod layers;
+pub mod logcap;
+pub mod printable;
 pub mod qemu;
 pub mod rundir;
 pub mod select;

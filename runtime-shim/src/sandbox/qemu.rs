@@ -2,6 +2,8 @@
 //! devices our VMM offers (virtio-blk per disk, a virtio console on a Unix
 //! socket), with KVM where the host is ready and TCG elsewhere.
 
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -9,6 +11,7 @@ use super::backend::{
     base_cmdline, concat_part_sizes, spawn_vm, write_listing, BackendError, BackendKind, DiskImage,
     VmBackend, VmConfig, VmProcess,
 };
+use super::logcap;
 
 pub struct QemuBackend {
     program: PathBuf,
@@ -32,6 +35,11 @@ impl QemuBackend {
 
     /// The full command line for `config`.
     pub fn command(&self, config: &VmConfig) -> Result<Command, BackendError> {
+        self.build(config, &qemu_path(&config.serial_log)?)
+    }
+
+    /// The command line with the serial port written to `serial`.
+    fn build(&self, config: &VmConfig, serial: &str) -> Result<Command, BackendError> {
         let mut cmd = Command::new(&self.program);
         // microvm with ACPI off: QEMU then describes each virtio-mmio device
         // to the kernel by appending `virtio_mmio.device=` words to the
@@ -50,8 +58,13 @@ impl QemuBackend {
             cmd.args(["-cpu", "host"]);
         }
         cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-        cmd.arg("-serial")
-            .arg(format!("file:{}", qemu_path(&config.serial_log)?));
+        // QEMU's own seccomp filter: no obsolete syscalls, no set*id, no
+        // spawning programs, no scheduler or affinity changes.
+        cmd.args([
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
+        cmd.arg("-serial").arg(format!("file:{serial}"));
         cmd.arg("-kernel").arg(&config.kernel);
         cmd.arg("-initrd").arg(&config.initramfs);
         let mut cmdline = base_cmdline();
@@ -119,8 +132,31 @@ impl VmBackend for QemuBackend {
     }
 
     fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError> {
-        let cmd = self.command(config)?;
-        spawn_vm(self.kind(), cmd, config)
+        // QEMU writes its serial log without a limit: it writes into a
+        // pipe instead, which husk copies to the log under the cap. QEMU
+        // opens the pipe by its /proc path (its `file` backend takes no fd).
+        let (serial, copy) = logcap::capped_pipe(&config.serial_log, logcap::LOG_CAP, "serial log")
+            .map_err(|source| BackendError::Log {
+                path: config.serial_log.clone(),
+                source,
+            })?;
+        let fd = serial.as_raw_fd();
+        let mut cmd = self.build(config, &format!("/proc/self/fd/{fd}"))?;
+        // SAFETY: fcntl is async-signal-safe; it makes the pipe's write end
+        // (same number in the child) survive exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut vm = spawn_vm(self.kind(), cmd, config)?;
+        // The child has its copy; ours closes here, so EOF comes with QEMU's end.
+        drop(serial);
+        vm.keep_log(copy);
+        Ok(vm)
     }
 }
 
@@ -212,6 +248,12 @@ mod tests {
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(!a.contains("-cpu host"), "{a}");
         assert!(a.contains("-serial file:/r/serial.log"), "{a}");
+        assert!(
+            a.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "{a}"
+        );
         assert!(a.contains("-m 320 -smp 2"), "{a}");
         assert!(
             a.contains("socket,id=agent,path=/r/console.sock,server=on,wait=on"),

@@ -12,8 +12,8 @@ use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     get_default_mounts, BoxBuilder, Capability, LinuxBuilder, LinuxCapabilitiesBuilder,
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
-    RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 /// Used when neither the image nor `-e` sets PATH (Docker's default).
@@ -82,6 +82,8 @@ pub enum SpecError {
     BadHostname(String),
     #[error("--cpus {0} is not a positive number")]
     BadCpus(f64),
+    #[error("seccomp profile {0}")]
+    Seccomp(String),
     #[error("building the runtime spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
 }
@@ -104,6 +106,54 @@ pub struct RunOptions {
     pub pids_limit: Option<i64>,
     /// `--group-add`: supplementary group IDs.
     pub group_add: Vec<u32>,
+    /// `--security-opt seccomp=...`.
+    pub seccomp: SeccompChoice,
+}
+
+/// The seccomp profile of a `husk run` container.
+#[derive(Clone, Debug, Default)]
+pub enum SeccompChoice {
+    /// [`DEFAULT_SECCOMP_PROFILE`].
+    #[default]
+    Default,
+    /// `seccomp=unconfined`: no filter.
+    Unconfined,
+    /// `seccomp=FILE`: an OCI `linux.seccomp` object.
+    Profile(Box<LinuxSeccomp>),
+}
+
+/// husk's default seccomp profile, an OCI `linux.seccomp` object: the
+/// equivalent of Docker's default for Docker's default capabilities. EPERM
+/// for everything not listed; allowed are the syscalls ordinary programs
+/// use, but not those that need a capability the container lacks or reach
+/// kernel state no namespace isolates (modules, kexec, mounts and
+/// namespaces, the clock, keyrings, bpf, perf, io_uring, NUMA policy),
+/// `clone` only without namespace flags, `personality` only for its common
+/// values, and `clone3` fails with ENOSYS so libc falls back to `clone`.
+pub const DEFAULT_SECCOMP_PROFILE: &str = include_str!("seccomp_default.json");
+
+impl SeccompChoice {
+    /// Parses the value of `--security-opt seccomp=VALUE`.
+    pub fn parse(value: &str) -> Result<Self, SpecError> {
+        if value == "unconfined" {
+            return Ok(Self::Unconfined);
+        }
+        let text = std::fs::read_to_string(value)
+            .map_err(|err| SpecError::Seccomp(format!("reading {value}: {err}")))?;
+        let profile = serde_json::from_str(&text)
+            .map_err(|err| SpecError::Seccomp(format!("{value}: {err}")))?;
+        Ok(Self::Profile(Box::new(profile)))
+    }
+
+    fn profile(&self) -> Result<Option<LinuxSeccomp>, SpecError> {
+        match self {
+            Self::Default => serde_json::from_str(DEFAULT_SECCOMP_PROFILE)
+                .map(Some)
+                .map_err(|err| SpecError::Seccomp(format!("the default profile: {err}"))),
+            Self::Unconfined => Ok(None),
+            Self::Profile(profile) => Ok(Some((**profile).clone())),
+        }
+    }
 }
 
 /// The runtime spec for one container of `image` run with `opts`.
@@ -233,7 +283,7 @@ pub fn build(image: &ImageConfiguration, opts: &RunOptions) -> Result<Spec, Spec
         );
     }
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build()?)
         .masked_paths(
@@ -249,6 +299,7 @@ pub fn build(image: &ImageConfiguration, opts: &RunOptions) -> Result<Spec, Spec
                 .collect::<Vec<_>>(),
         )
         .build()?;
+    linux.set_seccomp(opts.seccomp.profile()?);
 
     Ok(SpecBuilder::default()
         .version("1.0.2")
@@ -659,6 +710,43 @@ mod tests {
         assert!(res.memory().is_none());
         assert!(res.cpu().is_none());
         assert!(!spec.process().as_ref().unwrap().terminal().unwrap());
+    }
+
+    #[test]
+    fn seccomp_is_the_default_profile_unless_overridden() {
+        let image = image(&[], &["sh"], &[], "", "");
+        let spec = build(&image, &opts()).unwrap();
+        let profile = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        assert_eq!(
+            profile.default_action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+        );
+        assert!(profile.syscalls().as_ref().unwrap().len() > 2);
+        let unconfined = RunOptions {
+            seccomp: SeccompChoice::parse("unconfined").unwrap(),
+            ..opts()
+        };
+        let spec = build(&image, &unconfined).unwrap();
+        assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.json");
+        std::fs::write(&file, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+        let custom = RunOptions {
+            seccomp: SeccompChoice::parse(file.to_str().unwrap()).unwrap(),
+            ..opts()
+        };
+        let spec = build(&image, &custom).unwrap();
+        let profile = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        assert_eq!(
+            profile.default_action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActAllow
+        );
+        std::fs::write(&file, "{not json").unwrap();
+        assert!(matches!(
+            SeccompChoice::parse(file.to_str().unwrap()),
+            Err(SpecError::Seccomp(_))
+        ));
+        assert!(SeccompChoice::parse("/no/such/profile.json").is_err());
     }
 
     #[test]

@@ -120,6 +120,36 @@ pub fn unpack(
     Ok(unpacker.stats)
 }
 
+/// For the `layer_unpack` fuzz target (`fuzz/`) and its regression test:
+/// `data` as a layer tar unpacked into a fresh temporary directory with
+/// small limits; errors are fine, panics and escapes are not.
+#[doc(hidden)]
+pub fn fuzz_unpack(data: &[u8]) {
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let dest = dir.path().join("layer");
+    if std::fs::create_dir(&dest).is_err() {
+        return;
+    }
+    let limits = Limits {
+        max_entries_per_layer: 1000,
+        max_layer_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    let _ = unpack(data, &dest, &limits, &mut |_| {});
+    // Nothing may appear beside the layer directory.
+    let beside: Vec<_> = std::fs::read_dir(dir.path())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(beside, vec![OsString::from("layer")], "an entry escaped");
+}
+
 fn io_err<'a>(path: &'a str, op: &'static str) -> impl FnOnce(Errno) -> UnpackError + 'a {
     move |errno| UnpackError::Io {
         path: path.to_string(),

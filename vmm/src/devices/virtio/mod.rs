@@ -43,11 +43,15 @@
 pub mod block;
 pub mod console;
 mod device;
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod interrupt;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_utils;
 mod worker;
+#[cfg(debug_assertions)]
+pub use worker::seccomp_violation_self_test;
 
 pub use device::{ActivateError, VirtioDevice};
 pub use interrupt::Interrupt;

@@ -38,6 +38,38 @@ pub use request::SECTOR_SIZE;
 use self::concat::ConcatImage;
 use self::disk::{Backing, Disk};
 use self::request::{MAX_SEGMENTS, MAX_SEGMENT_SIZE};
+
+/// Fuzz entry (see `fuzz/`): serves every request chain that a guest
+/// memory made of `data` puts on the request queue, against a 64 KiB
+/// in-memory disk (read-only when the first byte is odd).
+#[doc(hidden)]
+pub fn fuzz_requests(data: &[u8]) {
+    use virtio_queue::QueueT;
+    let mem = super::fuzz_support::memory(data);
+    let mut queue = super::fuzz_support::queue(0, 16);
+    // SAFETY: memfd_create with a valid name; the fd is owned below.
+    let fd = unsafe { libc::memfd_create(c"husk-fuzz-disk".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    if file.set_len(64 * 1024).is_err() {
+        return;
+    }
+    let read_only = data.first().is_some_and(|byte| byte & 1 == 1);
+    let disk = Disk::new(Backing::File(file), 128, read_only, [0; ID_BYTES]);
+    for _ in 0..super::fuzz_support::MAX_CHAINS {
+        let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+            break;
+        };
+        let head = chain.head_index();
+        let len = worker::serve_chain(&disk, chain, &mem);
+        if queue.add_used(&mem, head, len).is_err() {
+            break;
+        }
+    }
+}
 use self::worker::BlockWorker;
 use super::device::take_ready_queues;
 use super::worker::Worker;

@@ -88,7 +88,7 @@ impl BlockWorker {
 /// Parses and runs one request, writes its status byte, and returns the
 /// length for the used ring. A malformed chain gets VIRTIO_BLK_S_IOERR when
 /// it has a writable status byte, and a used length of 0 when it has none.
-pub(super) fn serve_chain<M, I>(disk: &Disk, descriptors: I, mem: &M) -> u32
+pub(crate) fn serve_chain<M, I>(disk: &Disk, descriptors: I, mem: &M) -> u32
 where
     M: GuestMemory,
     I: IntoIterator<Item = Descriptor>,

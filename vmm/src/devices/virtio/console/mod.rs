@@ -22,6 +22,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use port::TX_BUFFER_LIMIT;
+#[doc(hidden)]
+pub use worker::fuzz_queues;
 
 use self::port::Port;
 use self::worker::ConsoleWorker;

@@ -360,3 +360,52 @@ where
     }
     Ok(segments)
 }
+
+/// Fuzz entry (see `fuzz/`): a console worker over a guest memory made of
+/// `data` takes the guest's transmit chains (queue 1) into its port buffer
+/// and checks its receive chains (queue 0), as it does for a guest.
+#[doc(hidden)]
+pub fn fuzz_queues(data: &[u8]) {
+    use std::os::linux::net::SocketAddrExt;
+    let mem = crate::devices::virtio::fuzz_support::memory(data);
+    let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(format!(
+        "husk-fuzz-console-{}",
+        std::process::id()
+    )) else {
+        return;
+    };
+    let Ok(listener) = std::os::unix::net::UnixListener::bind_addr(&addr) else {
+        return;
+    };
+    let (Ok(rx_evt), Ok(tx_evt), Ok(interrupt)) =
+        (EventFd::new(0), EventFd::new(0), Interrupt::new())
+    else {
+        return;
+    };
+    let (exit, _exits) = std::sync::mpsc::channel();
+    let mut worker = ConsoleWorker {
+        label: "fuzz".into(),
+        port: Port::new(listener),
+        rx_queue: crate::devices::virtio::fuzz_support::queue(0, 16),
+        tx_queue: crate::devices::virtio::fuzz_support::queue(1, 16),
+        rx_evt,
+        tx_evt,
+        mem: mem.clone(),
+        interrupt: Arc::new(interrupt),
+        exit,
+        tx_buf: Vec::new(),
+        rx_buf: Vec::new(),
+    };
+    let mut used = Used::default();
+    for _ in 0..crate::devices::virtio::fuzz_support::MAX_CHAINS {
+        if !worker.take_guest_output(&mut used) {
+            break;
+        }
+    }
+    for _ in 0..crate::devices::virtio::fuzz_support::MAX_CHAINS {
+        let Some(chain) = worker.rx_queue.pop_descriptor_chain(&mem) else {
+            break;
+        };
+        let _ = receive_segments(chain, &mem);
+    }
+}

@@ -464,5 +464,64 @@ impl BusDevice for MmioTransport {
     }
 }
 
+/// Fuzz entry (see `fuzz/`): register reads and writes from `data`, in
+/// 7-byte steps (kind, 16-bit offset, 32-bit value; the kind's low bit
+/// picks write or read, the next two the access width 1/2/4/8), on a
+/// transport whose device has two queues and accepts any activation.
+#[doc(hidden)]
+pub fn fuzz_registers(data: &[u8]) {
+    struct Dummy {
+        config: [u8; 8],
+    }
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            3
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn ack_features(&mut self, _features: u64) {}
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::read_config_space("fuzz", &self.config, offset, data);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            _interrupt: Arc<Interrupt>,
+            _queues: Vec<Queue>,
+            _queue_events: Vec<EventFd>,
+        ) -> Result<(), super::ActivateError> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+    }
+    let Ok(interrupt) = Interrupt::new() else {
+        return;
+    };
+    let Ok(mut transport) = MmioTransport::new(
+        "fuzz".into(),
+        super::fuzz_support::memory(&[]),
+        Box::new(Dummy { config: [7; 8] }),
+        Arc::new(interrupt),
+    ) else {
+        return;
+    };
+    for step in data.chunks_exact(7) {
+        let width = [1usize, 2, 4, 8][usize::from((step[0] >> 1) & 3)];
+        let offset = u64::from(u16::from_le_bytes([step[1], step[2]]) & 0x1ff);
+        let mut value = [0u8; 8];
+        value[..4].copy_from_slice(&step[3..7]);
+        if step[0] & 1 == 1 {
+            transport.write(offset, &value[..width]);
+        } else {
+            transport.read(offset, &mut value[..width]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
