@@ -61,7 +61,14 @@ pub fn env() -> Option<Env> {
         crate::skip_unless_ci("HUSK_AGENT is not set (source target/husk.env)".to_string());
         return None;
     };
-    let shim = crate::bin("containerd-shim-husk-v2");
+    // Tests run from target/debug; `cargo bench` from target/release, where
+    // the shim may not have been built: then the debug one.
+    let target = crate::target_dir();
+    let shim = [target.clone(), target.with_file_name("debug")]
+        .into_iter()
+        .map(|dir| dir.join("containerd-shim-husk-v2"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| crate::bin("containerd-shim-husk-v2"));
     Some(Env {
         kernel,
         agent,
