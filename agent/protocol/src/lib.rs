@@ -70,6 +70,7 @@ mod error;
 pub mod flow;
 mod frame;
 mod messages;
+pub mod network;
 
 pub use error::ProtocolError;
 pub use flow::{RecvWindow, SendCredit, INITIAL_WINDOW};
@@ -83,4 +84,6 @@ pub use messages::{
 };
 
 /// Bumped on any incompatible change to framing or messages.
+pub use network::NetworkConfig;
+
 pub const PROTOCOL_VERSION: u32 = 1;

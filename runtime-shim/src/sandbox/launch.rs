@@ -201,6 +201,7 @@ impl Prepared {
             layers: self.layers.clone(),
             scratch: None,
             stdin,
+            network: None,
         }
     }
 }

@@ -411,6 +411,7 @@ fn create(
             }],
             scratch: None,
             stdin: args.console_socket.is_none(),
+            network: None,
         },
         stdio,
         state,
