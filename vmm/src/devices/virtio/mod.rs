@@ -45,6 +45,7 @@ pub mod console;
 mod device;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
 mod worker;
