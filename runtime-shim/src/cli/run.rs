@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::network::{NetworkMode, NetworkOptions, PortMapping};
 use crate::sandbox::agent_client::AgentError;
 use crate::sandbox::launch::{self, Launch, LaunchError, Outcome};
 use crate::sandbox::select::BackendChoice;
@@ -55,6 +56,18 @@ pub struct RunArgs {
     /// Container host name (default: the start of its ID).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// The container's network: `bridge` (a NIC on the host bridge husk0,
+    /// NAT to the outside) or `none` (only lo).
+    #[arg(long, value_enum, default_value_t = NetworkMode::Bridge)]
+    pub network: NetworkMode,
+    /// Publish a container port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
+    /// (repeatable); refused before boot if the host port is taken.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]"
+    )]
+    pub publish: Vec<PortMapping>,
     /// Which program runs the VM: auto follows `husk check`.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
@@ -99,6 +112,11 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         Some(cpus) => anyhow::bail!("--cpus {cpus} is not a positive number"),
         None => 1,
     };
+    let network = NetworkOptions {
+        mode: args.network,
+        publish: args.publish,
+    };
+    network.check().map_err(anyhow::Error::msg)?;
     if let Some(limit) = args.pids_limit {
         anyhow::ensure!(limit > 0, "--pids-limit must be positive");
     }
@@ -128,6 +146,7 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         kernel: args.kernel,
         vcpus,
         id: None,
+        network,
     };
     if detach {
         return super::containers::run_detached(store, launch, remove, "info");

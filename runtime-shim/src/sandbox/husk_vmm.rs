@@ -101,6 +101,10 @@ impl HuskVmmBackend {
             None => {}
         }
         cmd.arg("--console-socket").arg(&config.console_socket);
+        for (index, nic) in config.nics.iter().enumerate() {
+            let fd = super::backend::NIC_FD_BASE + index as i32;
+            cmd.arg("--net").arg(format!("tap-fd={fd},mac={}", nic.mac));
+        }
         cmd.arg("--serial-log").arg(&config.serial_log);
         Ok(cmd)
     }
@@ -173,6 +177,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 300,
             cmdline_extra: vec!["x=y".into()],
+            nics: Vec::new(),
         }
     }
 

@@ -106,6 +106,16 @@ impl QemuBackend {
                 disk.serial
             ));
         }
+        // The tap is opened by husk (with IFF_VNET_HDR) and inherited.
+        for (index, nic) in config.nics.iter().enumerate() {
+            let fd = super::backend::NIC_FD_BASE + index as i32;
+            cmd.arg("-netdev")
+                .arg(format!("tap,id=net{index},fd={fd},vhost=off"));
+            cmd.arg("-device").arg(format!(
+                "virtio-net-device,netdev=net{index},mac={}",
+                nic.mac
+            ));
+        }
         Ok(cmd)
     }
 }
@@ -187,6 +197,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 320,
             cmdline_extra: vec!["husk.debug=1".into()],
+            nics: Vec::new(),
         }
     }
 
