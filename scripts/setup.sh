@@ -13,7 +13,7 @@ step() { printf '==> %s\n' "$*" >&2; }
 
 packages=(qemu-system-x86 erofs-utils busybox-static linux-source-6.1 flex bison bc
           libelf-dev libssl-dev cpio xz-utils make gcc runc crun e2fsprogs util-linux
-          python3 kmod
+          python3 kmod containerd
           iproute2 nftables iperf3)  # networking: ip/tc, the husk nft table, the benchmark
 missing=()
 for p in "${packages[@]}"; do

@@ -18,6 +18,7 @@ mod error;
 mod init;
 mod loopdev;
 mod network;
+mod oom;
 mod rootfs;
 mod server;
 

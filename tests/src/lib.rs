@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+pub mod containerd;
 pub mod fixtures;
 pub mod procs;
 pub mod testbed;

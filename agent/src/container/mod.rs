@@ -422,6 +422,19 @@ impl Container {
         Ok((pid, parent_stdio))
     }
 
+    /// The container's cgroup directory.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// New limits for the running container's cgroup.
+    pub fn update(
+        &self,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), cgroups::CgroupError> {
+        cgroups::apply(&self.cgroup, resources)
+    }
+
     pub fn stats(&self) -> ContainerStats {
         let read_u64 = |file: &str| -> Option<u64> {
             fs::read_to_string(self.cgroup.join(file))

@@ -36,6 +36,8 @@ struct Monitor {
     procs: HashMap<ProcessId, Proc>,
     exited: HashMap<ProcessId, ExitStatus>,
     waiters: Vec<(ProcessId, UnixStream)>,
+    /// Connections that asked for the container's events (OOM kills).
+    subscribers: Vec<UnixStream>,
     next_process: ProcessId,
     /// Set when the container is done (init exited, VM gone, deleted).
     finished: bool,
@@ -182,6 +184,7 @@ pub(super) fn serve(
         procs: HashMap::from([(INIT_PROCESS, init)]),
         exited: HashMap::new(),
         waiters: Vec::new(),
+        subscribers: Vec::new(),
         next_process: INIT_PROCESS + 1,
         finished: false,
         ptys,
@@ -331,6 +334,12 @@ impl Monitor {
                 }
                 Frame::Event(Event::ProcessExited { process, status }) => {
                     self.process_exited(process, status);
+                }
+                Frame::Event(Event::OomKilled { kills }) => {
+                    tracing::warn!(kills, "the container's cgroup had an OOM kill");
+                    let reply = ControlReply::Oom { kills };
+                    self.subscribers
+                        .retain(|stream| control::try_answer(stream, &reply));
                 }
                 Frame::Response {
                     id,
@@ -557,6 +566,19 @@ impl Monitor {
                 check(Op::Stats)?;
                 let stats = self.inst.stats().map_err(|e| e.to_string())?;
                 Ok(Some(ControlReply::Stats(stats)))
+            }
+            ControlRequest::Events => {
+                if let Ok(kept) = stream.try_clone() {
+                    self.subscribers.push(kept);
+                }
+                Ok(None)
+            }
+            ControlRequest::Update { resources } => {
+                check(Op::Update)?;
+                self.inst
+                    .update(*resources)
+                    .map_err(|e| format!("updating the container's limits: {e}"))?;
+                Ok(Some(ControlReply::Ok))
             }
             ControlRequest::Pause => {
                 let next = check(Op::Pause)?;
