@@ -22,9 +22,8 @@ use std::time::{Duration, Instant};
 use run_support::{assert_code, text, RunEnv, RUN_TIMEOUT};
 
 /// The first container on a fresh bridge (10.88.0.0/24 in an empty
-/// namespace) gets .2, the next .3.
+/// namespace) gets .2.
 const FIRST: &str = "10.88.0.2";
-const SECOND: &str = "10.88.0.3";
 /// The veth between husk's namespace (.1) and the "other host" (.2).
 const HOST_SIDE: &str = "10.200.0.1";
 const PEER_SIDE: &str = "10.200.0.2";
