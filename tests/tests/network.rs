@@ -439,3 +439,31 @@ fn a_crashed_owner_is_swept_by_the_next_run() {
     net.assert_clean(&env);
     env.assert_clean();
 }
+
+#[test]
+fn a_detached_container_releases_its_network_when_it_exits() {
+    let (env, net) = net_env!();
+    let id = net.run_detached(&env, &["-p", "8085:80", "busybox", "true"]);
+    // The monitor releases the lease, tap and rules once the VM is gone.
+    let lease = env
+        .store
+        .root()
+        .join("network/leases")
+        .join(format!("{id}.json"));
+    let deadline = Instant::now() + WAIT;
+    while lease.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the lease outlived the container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The release finishes (bridge and table) under the network lock.
+    let lock = File::open(env.store.root().join("network/lock")).unwrap();
+    // SAFETY: flock on an open fd; released when `lock` closes.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    drop(lock);
+    net.assert_clean(&env);
+    assert_code(&net.husk(&env, &["rm", &id]), 0);
+    env.assert_clean();
+}
