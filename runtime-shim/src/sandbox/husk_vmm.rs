@@ -188,6 +188,27 @@ mod tests {
     }
 
     #[test]
+    fn nics_become_net_flags_on_the_inherited_fds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("l0.erofs"), [0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("l1.erofs"), [0u8; 1024]).unwrap();
+        let mut config = config(dir.path());
+        config.nics = vec![crate::network::NicConfig {
+            tap: "husk-tap-abc".into(),
+            mac: "02:68:0a:58:00:02".into(),
+            netns: None,
+        }];
+        let cmd = HuskVmmBackend::with_program(std::path::Path::new("/bin/husk-vmm"))
+            .command(&config)
+            .unwrap();
+        let joined = args(&cmd).join(" ");
+        assert!(
+            joined.contains("--net tap-fd=100,mac=02:68:0a:58:00:02"),
+            "{joined}"
+        );
+    }
+
+    #[test]
     fn command_line_follows_the_vmm_flags() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("l0.erofs"), [0u8; 4096]).unwrap();

@@ -208,6 +208,27 @@ mod tests {
     }
 
     #[test]
+    fn nics_become_tap_netdevs_on_the_inherited_fds() {
+        let mut config = config();
+        config.nics = vec![crate::network::NicConfig {
+            tap: "husk-tap-abc".into(),
+            mac: "02:68:0a:58:00:02".into(),
+            netns: None,
+        }];
+        let cmd = QemuBackend {
+            program: "qemu".into(),
+            accel: Accel::Tcg,
+        }
+        .command(&config)
+        .unwrap();
+        let a = args(&cmd).join(" ");
+        assert!(
+            a.contains("-netdev tap,id=net0,fd=100,vhost=off -device virtio-net-device,netdev=net0,mac=02:68:0a:58:00:02"),
+            "{a}"
+        );
+    }
+
+    #[test]
     fn tcg_command_line_has_the_devices() {
         let cmd = QemuBackend {
             program: "qemu".into(),
