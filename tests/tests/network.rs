@@ -132,6 +132,15 @@ impl TestNet {
         .expect("thread in netns")
     }
 
+    /// husk's lease directory for the husk namespace (by its inode).
+    fn state_dir(&self) -> std::path::PathBuf {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(format!("/run/netns/{}", self.husk))
+            .expect("netns")
+            .ino();
+        std::path::Path::new("/run/husk/network").join(format!("net-{ino}"))
+    }
+
     /// Nothing of husk's is left in its namespace: no bridge, no tap, no
     /// nftables table, no lease.
     fn assert_clean(&self, env: &RunEnv) {
@@ -154,7 +163,7 @@ impl TestNet {
             "tables left: {}",
             text(&out.stdout)
         );
-        let leases: Vec<_> = std::fs::read_dir(env.store.root().join("network/leases"))
+        let leases: Vec<_> = std::fs::read_dir(self.state_dir().join("leases"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         assert!(leases.is_empty(), "leases left: {leases:?}");
@@ -163,6 +172,9 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        // husk's lease directory for the namespace (a lock file and an
+        // empty leases/ once clean): it dies with the namespace.
+        let _ = std::fs::remove_dir_all(self.state_dir());
         for ns in [&self.husk, &self.peer] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
@@ -445,11 +457,7 @@ fn a_detached_container_releases_its_network_when_it_exits() {
     let (env, net) = net_env!();
     let id = net.run_detached(&env, &["-p", "8085:80", "busybox", "true"]);
     // The monitor releases the lease, tap and rules once the VM is gone.
-    let lease = env
-        .store
-        .root()
-        .join("network/leases")
-        .join(format!("{id}.json"));
+    let lease = net.state_dir().join("leases").join(format!("{id}.json"));
     let deadline = Instant::now() + WAIT;
     while lease.exists() {
         assert!(
@@ -459,7 +467,7 @@ fn a_detached_container_releases_its_network_when_it_exits() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The release finishes (bridge and table) under the network lock.
-    let lock = File::open(env.store.root().join("network/lock")).unwrap();
+    let lock = File::open(net.state_dir().join("lock")).unwrap();
     // SAFETY: flock on an open fd; released when `lock` closes.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     drop(lock);

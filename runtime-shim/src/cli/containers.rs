@@ -46,7 +46,7 @@ pub fn run_detached(
         names::claim(&root, name, &id)?;
     }
     // Released by this drop on failure; by the monitor once it runs.
-    let network = match prepared.attach_network(store, &launch.network) {
+    let network = match prepared.attach_network(&launch.network) {
         Ok(network) => network,
         Err(e) => {
             if let Some(name) = &launch.name {

@@ -1,5 +1,5 @@
-//! Leases: one JSON file per container under `<store>/network/leases/`,
-//! changed only under the exclusive lock `<store>/network/lock`, so that
+//! Leases: one JSON file per container under `<state dir>/leases/`,
+//! changed only under the exclusive lock `<state dir>/lock`, so that
 //! concurrent `husk` processes never hand out one address twice.
 
 use std::fs::{self, File, OpenOptions};

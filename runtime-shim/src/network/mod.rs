@@ -3,7 +3,7 @@
 //! `--network bridge` (the default of `husk run`): a host bridge `husk0`
 //! with a range of its own (10.88.N.0/24, the first clear of the host's
 //! routes, or `HUSK_BRIDGE_SUBNET`), one tap `husk-tap-<id>` per VM on it,
-//! a static address per container (a lease under `<store>/network/`), NAT
+//! a static address per container (a lease under `/run/husk/network/`), NAT
 //! and published ports in the nftables table `ip husk`. Everything is
 //! removed with the last container, and a lease whose owner (the process
 //! that runs the VM) is gone is swept by the next husk that touches the
@@ -58,7 +58,7 @@ pub enum NetworkError {
 #[serde(rename_all = "snake_case")]
 pub enum NetworkRelease {
     /// A lease on the husk bridge.
-    Bridge { store: PathBuf, id: String },
+    Bridge { dir: PathBuf, id: String },
     /// A tap joined to a CNI namespace.
     Netns(cni::NetnsLink),
 }
@@ -66,8 +66,8 @@ pub enum NetworkRelease {
 impl NetworkRelease {
     /// Records `owner` as the process running the VM (sweeps spare it).
     pub fn adopt(&self, owner: u32) {
-        if let NetworkRelease::Bridge { store, id } = self {
-            if let Err(e) = adopt(store, id, owner) {
+        if let NetworkRelease::Bridge { dir, id } = self {
+            if let Err(e) = adopt(dir, id, owner) {
                 tracing::warn!("network lease of {id}: {e}");
             }
         }
@@ -75,7 +75,7 @@ impl NetworkRelease {
 
     pub fn release(&self) {
         let result = match self {
-            NetworkRelease::Bridge { store, id } => release(store, id),
+            NetworkRelease::Bridge { dir, id } => release(dir, id),
             NetworkRelease::Netns(link) => cni::release(link),
         };
         if let Err(e) = result {
@@ -117,8 +117,8 @@ impl Attachment {
     pub fn to_release(&self) -> Option<NetworkRelease> {
         self.release
             .as_ref()
-            .map(|(store, id)| NetworkRelease::Bridge {
-                store: store.clone(),
+            .map(|(dir, id)| NetworkRelease::Bridge {
+                dir: dir.clone(),
                 id: id.clone(),
             })
     }
@@ -139,9 +139,18 @@ impl Drop for Attachment {
     }
 }
 
-/// Where the leases live for `store`.
-pub fn state_dir(store: &Path) -> PathBuf {
-    store.join("network")
+/// Where leases live: host-global like the bridge (every store's containers
+/// share it), one directory per network namespace (each has a bridge of
+/// its own), on /run (gone at reboot, with the bridge).
+pub const STATE_ROOT: &str = "/run/husk/network";
+
+/// The lease directory of the calling thread's network namespace.
+pub fn state_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|meta| meta.ino())
+        .unwrap_or(0);
+    Path::new(STATE_ROOT).join(format!("net-{netns}"))
 }
 
 /// The DNS servers the container gets: the host's, minus loopback ones it
@@ -196,7 +205,6 @@ fn agent_config(lease: Option<(&Lease, Subnet)>, _hostname: &str) -> NetworkConf
 /// that another container publishes or a host process holds, before
 /// anything is made.
 pub fn attach(
-    store: &Path,
     id: &str,
     hostname: &str,
     options: &NetworkOptions,
@@ -206,7 +214,7 @@ pub fn attach(
     if options.mode == NetworkMode::None {
         return Ok(Attachment::none(hostname));
     }
-    let dir = state_dir(store);
+    let dir = state_dir();
     let leases = Leases::lock(&dir)?;
     sweep_locked(&leases)?;
     let existing = leases.all()?;
@@ -260,13 +268,13 @@ pub fn attach(
             netns: None,
         }],
         agent: agent_config(Some((&lease, subnet)), hostname),
-        release: Some((store.to_path_buf(), id.to_owned())),
+        release: Some((dir.clone(), id.to_owned())),
     })
 }
 
 /// Records that `owner` (the monitor) now runs the container's VM.
-pub fn adopt(store: &Path, id: &str, owner: u32) -> Result<(), NetworkError> {
-    let leases = Leases::lock(&state_dir(store))?;
+pub fn adopt(dir: &Path, id: &str, owner: u32) -> Result<(), NetworkError> {
+    let leases = Leases::lock(dir)?;
     if let Some(mut lease) = leases.get(id)? {
         lease.owner = lease::Owner::of(owner);
         leases.write(&lease)?;
@@ -276,19 +284,18 @@ pub fn adopt(store: &Path, id: &str, owner: u32) -> Result<(), NetworkError> {
 
 /// Releases the container's network (nothing to do is fine); the last
 /// container takes the bridge and the table with it.
-pub fn release(store: &Path, id: &str) -> Result<(), NetworkError> {
-    let dir = state_dir(store);
+pub fn release(dir: &Path, id: &str) -> Result<(), NetworkError> {
     if !dir.exists() {
         return Ok(());
     }
-    let leases = Leases::lock(&dir)?;
+    let leases = Leases::lock(dir)?;
     release_locked(&leases, id)?;
     remove_if_unused(&leases)
 }
 
 /// Releases every lease whose owner is gone, then what nobody uses.
-pub fn sweep(store: &Path) -> Result<(), NetworkError> {
-    let dir = state_dir(store);
+pub fn sweep() -> Result<(), NetworkError> {
+    let dir = state_dir();
     if !dir.exists() {
         return Ok(());
     }

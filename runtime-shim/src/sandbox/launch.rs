@@ -99,7 +99,7 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
     let container_id = prepared.id.clone();
     // Before the VM: a refused port fails here, and the drop at the end of
     // this function (after the VM is gone) releases it all.
-    let network = prepared.attach_network(store_root, &launch.network)?;
+    let network = prepared.attach_network(&launch.network)?;
 
     // The run directory is handed to the instance, which drops it after the
     // VM: the VM goes first, then its socket and logs.
@@ -203,12 +203,10 @@ impl Prepared {
     /// The container's network (`owner`: this process runs the VM).
     pub fn attach_network(
         &self,
-        store: &Path,
         options: &crate::network::NetworkOptions,
     ) -> Result<crate::network::Attachment, LaunchError> {
         let hostname = self.spec.hostname().clone().unwrap_or_default();
         Ok(crate::network::attach(
-            store,
             &self.id,
             &hostname,
             options,
