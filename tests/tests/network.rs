@@ -143,7 +143,7 @@ impl TestNet {
 
     /// Nothing of husk's is left in its namespace: no bridge, no tap, no
     /// nftables table, no lease.
-    fn assert_clean(&self, env: &RunEnv) {
+    fn assert_clean(&self) {
         let out = Command::new("ip")
             .args(["-n", &self.husk, "-o", "link", "show"])
             .output()
@@ -269,7 +269,7 @@ fn lo_is_up_and_network_none_has_only_lo() {
     assert!(stdout.contains("127.0.0.1\tlocalhost"), "{stdout}");
     assert!(stdout.contains(&format!("{FIRST}\tweb1")), "{stdout}");
     assert!(stdout.contains("nameserver "), "{stdout}");
-    net.assert_clean(&env);
+    net.assert_clean();
     env.assert_clean();
 }
 
@@ -286,7 +286,7 @@ fn two_containers_on_the_bridge_reach_each_other() {
     assert_code(&out, 0);
     assert_eq!(text(&out.stdout).trim(), "hello-from-a");
     assert_code(&net.husk(&env, &["rm", "-f", &server]), 0);
-    net.assert_clean(&env);
+    net.assert_clean();
     env.assert_clean();
 }
 
@@ -314,7 +314,7 @@ fn a_container_reaches_another_host_through_the_nat() {
     let _ = server.wait();
     assert_code(&out, 0);
     assert_eq!(text(&out.stdout).trim(), "hello-from-outside");
-    net.assert_clean(&env);
+    net.assert_clean();
     env.assert_clean();
 }
 
@@ -382,7 +382,7 @@ fn published_ports_reach_the_container_over_tcp_and_udp() {
         );
     }
     assert_code(&net.husk(&env, &["rm", "-f", &id]), 0);
-    net.assert_clean(&env);
+    net.assert_clean();
     env.assert_clean();
 }
 
@@ -423,7 +423,7 @@ fn conflicting_ports_are_refused_before_boot() {
     );
 
     assert_code(&net.husk(&env, &["rm", "-f", &id]), 0);
-    net.assert_clean(&env);
+    net.assert_clean();
     env.assert_clean();
 }
 
@@ -448,7 +448,7 @@ fn a_crashed_owner_is_swept_by_the_next_run() {
     let out = net.run(&env, &["--rm", "-p", "8084:80", "busybox", "true"]);
     assert_code(&out, 0);
     let _ = net.husk(&env, &["rm", "-f", &id]);
-    net.assert_clean(&env);
+    net.assert_clean();
     env.assert_clean();
 }
 
@@ -471,7 +471,7 @@ fn a_detached_container_releases_its_network_when_it_exits() {
     // SAFETY: flock on an open fd; released when `lock` closes.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     drop(lock);
-    net.assert_clean(&env);
+    net.assert_clean();
     assert_code(&net.husk(&env, &["rm", &id]), 0);
     env.assert_clean();
 }
