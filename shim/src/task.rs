@@ -320,6 +320,10 @@ impl TaskService {
             backend: String::new(),
             owner: "containerd".into(),
         };
+        // The pod's network namespace (CNI): the VM joins it with tc, as
+        // Kata's tcfilter model; the monitor releases it when it ends.
+        let network = husk::network::cni::from_spec(&bundle.spec, &req.id)?;
+        let mut network_guard = husk::network::ReleaseGuard(network.release.clone());
         let config = MonitorConfig {
             backend: selected.plan.as_str().to_string(),
             kernel,
@@ -330,10 +334,11 @@ impl TaskService {
             create: husk_protocol::CreateContainer {
                 container_id: req.id.clone(),
                 init_process: INIT_PROCESS,
-                spec: bundle.spec.clone(),
+                spec: network.spec.clone(),
                 layers: layer_disks,
                 scratch: None,
                 stdin: terminal || pipes.as_ref().is_some_and(|p| p.has_stdin),
+                network: network.agent.clone(),
             },
             stdio: match &console {
                 Some(c) => InitStdio::ConsoleSocket(c.path.clone()),
@@ -341,6 +346,8 @@ impl TaskService {
             },
             state,
             auto_remove: false,
+            nics: network.nics.clone(),
+            network: network.release.clone(),
         };
         let fds: [RawFd; 3] = match &pipes {
             Some(p) => [
@@ -361,6 +368,7 @@ impl TaskService {
                 return Err(e.into());
             }
         };
+        network_guard.0 = None;
         // The monitor is our child: reap it whenever it ends.
         std::thread::spawn(move || {
             let _ = child.wait();

@@ -83,6 +83,10 @@ pub struct CreateContainer {
     /// terminal the pty is always the stdin.
     #[serde(default)]
     pub stdin: bool,
+    /// The container's network; `None` (an older host): only `lo` is
+    /// brought up and the image's /etc files stay as they are.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkConfig>,
 }
 
 /// A read-only erofs layer on a virtio-blk disk, found by its serial. The

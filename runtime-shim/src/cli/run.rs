@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use super::registry::RegistryArgs;
 use crate::image::registry::{self, platform::Platform};
 use crate::image::{Store, StoreError};
+use crate::network::{NetworkMode, NetworkOptions, PortMapping};
 use crate::sandbox::agent_client::AgentError;
 use crate::sandbox::launch::{self, Launch, LaunchError, Outcome};
 use crate::sandbox::select::BackendChoice;
@@ -62,6 +63,18 @@ pub struct RunArgs {
     /// `seccomp=unconfined`; the default is husk's Docker-like profile.
     #[arg(long = "security-opt", value_name = "OPT")]
     pub security_opt: Vec<String>,
+    /// The container's network: `bridge` (a NIC on the host bridge husk0,
+    /// NAT to the outside) or `none` (only lo).
+    #[arg(long, value_enum, default_value_t = NetworkMode::Bridge)]
+    pub network: NetworkMode,
+    /// Publish a container port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
+    /// (repeatable); refused before boot if the host port is taken.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]"
+    )]
+    pub publish: Vec<PortMapping>,
     /// Which program runs the VM: auto follows `husk check`.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
@@ -165,6 +178,11 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         Some(cpus) => anyhow::bail!("--cpus {cpus} is not a positive number"),
         None => 1,
     };
+    let network = NetworkOptions {
+        mode: args.network,
+        publish: args.publish,
+    };
+    network.check().map_err(anyhow::Error::msg)?;
     if let Some(limit) = args.pids_limit {
         anyhow::ensure!(limit > 0, "--pids-limit must be positive");
     }
@@ -211,6 +229,7 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         kernel: args.kernel,
         vcpus,
         id: None,
+        network,
     };
     if detach {
         return super::containers::run_detached(store, launch, remove, "info");

@@ -218,8 +218,20 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<State, ContainerErro
         if force { Op::ForceDelete } else { Op::Delete },
     )?;
     stop_monitor(&dir, force)?;
+    release_network(&dir);
     dir.remove()?;
     Ok(state)
+}
+
+/// Releases the container's network if its monitor could not (killed, or
+/// still ending when it was stopped); releasing twice is harmless.
+fn release_network(dir: &StateDir) {
+    let config = std::fs::read(dir.monitor_config())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<monitor::MonitorConfig>(&bytes).ok());
+    if let Some(network) = config.and_then(|config| config.network) {
+        network.release();
+    }
 }
 
 /// Ends the monitor of `dir` if it still runs: asks it to delete, then

@@ -68,6 +68,12 @@ pub struct MonitorConfig {
     /// Remove the container (state and name) once it has stopped.
     #[serde(default)]
     pub auto_remove: bool,
+    /// The VM's NICs (taps the monitor opens for the VM program).
+    #[serde(default)]
+    pub nics: Vec<crate::network::NicConfig>,
+    /// The container's network, released when the monitor ends.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkRelease>,
 }
 
 /// A disk as the monitor's configuration file holds it (a relative concat

@@ -78,6 +78,11 @@ pub(super) fn serve(
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| fail(ready, format!("reading the monitor's configuration: {e}")))?;
+    // From here on every way out releases the container's network.
+    let _network = crate::network::ReleaseGuard(config.network.clone());
+    if let Some(network) = &config.network {
+        network.adopt(std::process::id());
+    }
     let plan = Plan::parse(&config.backend)
         .ok_or_else(|| fail(ready, format!("unknown backend {:?}", config.backend)))?;
     let backend = select::backend_for(plan).map_err(|e| fail(ready, e.to_string()))?;
@@ -103,6 +108,7 @@ pub(super) fn serve(
         vcpus: config.vcpus.max(1),
         memory_mib: config.memory_mib,
         cmdline_extra: Vec::new(),
+        nics: config.nics.clone(),
     };
     let started = Instant::now();
     let mut inst = Instance::boot(
