@@ -13,7 +13,8 @@ step() { printf '==> %s\n' "$*" >&2; }
 
 packages=(qemu-system-x86 erofs-utils busybox-static linux-source-6.1 flex bison bc
           libelf-dev libssl-dev cpio xz-utils make gcc runc crun e2fsprogs util-linux
-          python3 kmod)
+          python3 kmod containerd docker-registry skopeo apache2-utils curl openssl
+          iproute2 nftables iperf3)  # networking: ip/tc, the husk nft table, the benchmark
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

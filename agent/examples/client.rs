@@ -182,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             .clone()
             .map(|serial| husk_agent::protocol::ScratchDisk { serial }),
         stdin: options.stdin,
+        network: None,
     };
     let mut pending_start = Some(request(
         &mut writer,

@@ -17,6 +17,8 @@ mod container;
 mod error;
 mod init;
 mod loopdev;
+mod network;
+mod oom;
 mod rootfs;
 mod server;
 

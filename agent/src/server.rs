@@ -22,6 +22,7 @@ use husk_agent::protocol::{
 use crate::channel::Channel;
 use crate::container::{process::exit_status, stdio::resize, stdio::ParentStdio, Container};
 use crate::error::StepError;
+use crate::oom::OomWatch;
 
 /// After a process exits, how long its output may still drain before the
 /// exit is reported anyway (a background child may hold the pipe open).
@@ -101,12 +102,15 @@ enum Watch {
     Children,
     Output(ProcessId, usize),
     Stdin(ProcessId),
+    Oom,
 }
 
 pub struct Server {
     channel: Channel,
     sigchld: SignalFd,
     container: Option<Container>,
+    /// OOM kills in the container's cgroup, reported as events.
+    oom: Option<OomWatch>,
     processes: HashMap<ProcessId, ProcessEntry>,
     waits: Vec<(RequestId, ProcessId)>,
 }
@@ -126,6 +130,7 @@ impl Server {
             channel,
             sigchld,
             container: None,
+            oom: None,
             processes: HashMap::new(),
             waits: Vec::new(),
         })
@@ -159,6 +164,7 @@ impl Server {
                     Watch::Children => self.reap()?,
                     Watch::Output(process, index) => self.pump_output(process, index)?,
                     Watch::Stdin(process) => self.pump_stdin(process)?,
+                    Watch::Oom => self.report_oom()?,
                 }
             }
             self.report_exits()?;
@@ -171,6 +177,10 @@ impl Server {
             PollFd::new(self.channel.fd(), PollFlags::POLLIN),
             PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
         ];
+        if let Some(oom) = &self.oom {
+            watches.push(Watch::Oom);
+            fds.push(PollFd::new(oom.fd(), PollFlags::POLLIN));
+        }
         let mut draining = false;
         for (id, entry) in &self.processes {
             for (index, output) in entry.outputs.iter().enumerate() {
@@ -321,6 +331,13 @@ impl Server {
                 Some(container) => Response::Ok(Reply::Stats(container.stats())),
                 None => error_response(StepError::new("stats", "no container")),
             },
+            Request::Update { resources } => match self.container.as_ref() {
+                Some(container) => match container.update(&resources) {
+                    Ok(()) => Response::Ok(Reply::Done),
+                    Err(err) => error_response(StepError::new("update cgroup limits", err)),
+                },
+                None => error_response(StepError::new("update", "no container")),
+            },
             Request::CloseStdin { process } => {
                 self.close_stdin(process);
                 Response::Ok(Reply::Done)
@@ -362,6 +379,7 @@ impl Server {
                 let pid = container.init_pid;
                 tracing::info!(container = %container.id, %pid, "created");
                 slot.insert(ProcessEntry::new(pid, stdio));
+                self.oom = OomWatch::new(container.cgroup());
                 self.container = Some(container);
                 Response::Ok(Reply::Created { pid: pid.as_raw() })
             }
@@ -462,6 +480,15 @@ impl Server {
     }
 
     /// Reports exits whose output has drained (or whose grace ran out).
+    /// Tells the host of new OOM kills in the container.
+    fn report_oom(&mut self) -> Result<(), ServerError> {
+        if let Some(kills) = self.oom.as_mut().and_then(OomWatch::check) {
+            self.channel
+                .send(&Frame::Event(Event::OomKilled { kills }))?;
+        }
+        Ok(())
+    }
+
     fn report_exits(&mut self) -> Result<(), ServerError> {
         let now = Instant::now();
         let mut done = Vec::new();
@@ -478,6 +505,9 @@ impl Server {
             entry.reported = true;
             entry.stdin = None;
             done.push((*id, status, std::mem::take(&mut entry.outputs)));
+        }
+        if !done.is_empty() {
+            self.report_oom()?;
         }
         for (process, status, leftover) in done {
             // Outputs still open after the grace: end them for the host.

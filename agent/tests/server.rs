@@ -164,6 +164,7 @@ fn a_bad_container_id_is_rejected_before_touching_anything() {
         layers: Vec::new(),
         scratch: None,
         stdin: false,
+        network: None,
     };
     match agent.request(1, Request::CreateContainer(Box::new(create))) {
         Response::Error(err) => assert_eq!(err.step, "container id", "{err}"),

@@ -5,4 +5,5 @@
 pub mod cli;
 pub mod container;
 pub mod image;
+pub mod network;
 pub mod sandbox;

@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 
+pub mod containerd;
 pub mod fixtures;
 pub mod procs;
+pub mod registry;
 pub mod testbed;
 
 /// The cargo target profile directory holding the workspace binaries

@@ -50,6 +50,74 @@ pub enum ConfigError {
     ConcatNotReadOnly(PathBuf),
     #[error("console socket directory {0} does not exist")]
     ConsoleSocketDir(PathBuf),
+    #[error("net spec {spec:?}: {reason} (expected tap-fd=N,mac=XX:XX:XX:XX:XX:XX)")]
+    InvalidNetSpec { spec: String, reason: String },
+    #[error("net tap-fd={0}: not an open file descriptor of this process")]
+    NetFdNotOpen(i32),
+    #[error("net tap-fd={0} is given to more than one NIC")]
+    DuplicateNetFd(i32),
+}
+
+/// A virtio-net NIC over a tap the parent opened with IFF_VNET_HDR and left
+/// open (not close-on-exec) as `tap_fd`; husk-vmm takes it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap_fd: i32,
+    pub mac: [u8; 6],
+}
+
+impl FromStr for NetConfig {
+    type Err = ConfigError;
+
+    /// `tap-fd=N,mac=XX:XX:XX:XX:XX:XX`, in any order.
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| ConfigError::InvalidNetSpec {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let (mut tap_fd, mut mac) = (None, None);
+        for option in spec.split(',') {
+            match option.split_once('=') {
+                Some(("tap-fd", value)) if tap_fd.is_none() => {
+                    let fd: i32 = value
+                        .parse()
+                        .map_err(|_| invalid("tap-fd is not a number"))?;
+                    // 0-2 are stdio, never a tap handed over.
+                    if fd < 3 {
+                        return Err(invalid("tap-fd must be 3 or more"));
+                    }
+                    tap_fd = Some(fd);
+                }
+                Some(("mac", value)) if mac.is_none() => {
+                    let parsed =
+                        parse_mac(value).ok_or_else(|| invalid("mac is not XX:XX:XX:XX:XX:XX"))?;
+                    if parsed[0] & 1 != 0 {
+                        return Err(invalid("mac is a multicast address"));
+                    }
+                    mac = Some(parsed);
+                }
+                _ => return Err(invalid(&format!("unknown or repeated option {option:?}"))),
+            }
+        }
+        Ok(NetConfig {
+            tap_fd: tap_fd.ok_or_else(|| invalid("tap-fd= is missing"))?,
+            mac: mac.ok_or_else(|| invalid("mac= is missing"))?,
+        })
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// Longest disk serial: the virtio-blk GET_ID answer is 20 bytes.
@@ -247,6 +315,8 @@ pub struct VmConfig {
     pub mem_mib: u64,
     pub disks: Vec<DiskConfig>,
     pub console_socket: Option<PathBuf>,
+    /// virtio-net NICs, attached after the console.
+    pub nets: Vec<NetConfig>,
     pub serial: SerialOutput,
     /// The most a serial log file may hold (the guest controls what it
     /// gets); see `logcap`.
@@ -265,6 +335,7 @@ impl VmConfig {
             mem_mib: 256,
             disks: Vec::new(),
             console_socket: None,
+            nets: Vec::new(),
             serial: SerialOutput::Stdout,
             serial_log_cap: crate::logcap::DEFAULT_LOG_CAP,
             serial_input: false,
@@ -281,7 +352,8 @@ impl VmConfig {
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
             return Err(ConfigError::InvalidMemory(self.mem_mib));
         }
-        let devices = self.disks.len() + usize::from(self.console_socket.is_some());
+        let devices =
+            self.disks.len() + usize::from(self.console_socket.is_some()) + self.nets.len();
         if devices > VIRTIO_MMIO_MAX_DEVICES as usize {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -315,6 +387,16 @@ impl VmConfig {
                 check_regular_file(&disk.path, "disk list")?;
             } else {
                 check_regular_file(&disk.path, "disk")?;
+            }
+        }
+        let mut fds = std::collections::HashSet::new();
+        for net in &self.nets {
+            if !fds.insert(net.tap_fd) {
+                return Err(ConfigError::DuplicateNetFd(net.tap_fd));
+            }
+            // SAFETY: F_GETFD only asks whether the fd is open.
+            if unsafe { libc::fcntl(net.tap_fd, libc::F_GETFD) } < 0 {
+                return Err(ConfigError::NetFdNotOpen(net.tap_fd));
             }
         }
         if let Some(socket) = &self.console_socket {
@@ -392,6 +474,28 @@ mod tests {
             initrd: None,
             cmdline: String::new(),
         })
+    }
+
+    #[test]
+    fn net_specs_parse_and_bad_ones_are_named() {
+        let net: NetConfig = "tap-fd=7,mac=02:00:0a:58:00:02".parse().unwrap();
+        assert_eq!(net.tap_fd, 7);
+        assert_eq!(net.mac, [2, 0, 0x0a, 0x58, 0, 2]);
+        let net: NetConfig = "mac=02:00:0a:58:00:03,tap-fd=9".parse().unwrap();
+        assert_eq!(net.tap_fd, 9);
+        for bad in [
+            "tap-fd=7",
+            "mac=02:00:0a:58:00:02",
+            "tap-fd=x,mac=02:00:0a:58:00:02",
+            "tap-fd=1,mac=02:00:0a:58:00:02",
+            "tap-fd=7,mac=03:00:0a:58:00:02",
+            "tap-fd=7,mac=02:00:0a:58:00",
+            "tap-fd=7,tap-fd=8,mac=02:00:0a:58:00:02",
+            "tap-fd=7,mac=02:00:0a:58:00:02,vhost=on",
+        ] {
+            let err = bad.parse::<NetConfig>().unwrap_err().to_string();
+            assert!(err.contains("net spec"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -77,6 +77,12 @@ struct Args {
     /// Unix socket (created, listening) bridged to the virtio console port.
     #[arg(long)]
     console_socket: Option<PathBuf>,
+    /// A virtio-net NIC over a tap that the caller opened with
+    /// IFF_TAP|IFF_NO_PI|IFF_VNET_HDR and passed as fd N (not
+    /// close-on-exec); repeatable. Offloads are offered only where the tap
+    /// accepts them.
+    #[arg(long = "net", value_name = "tap-fd=N,mac=XX:XX:XX:XX:XX:XX")]
+    nets: Vec<husk_vmm::config::NetConfig>,
     /// Where serial output goes: a file, or `-` for stdout.
     #[arg(long, default_value = "-")]
     serial_log: SerialOutput,
@@ -148,6 +154,7 @@ impl Args {
         config.mem_mib = self.mem_mib;
         config.disks = self.disks;
         config.console_socket = self.console_socket;
+        config.nets = self.nets;
         config.serial = self.serial_log;
         config.serial_log_cap = self.serial_log_max;
         // Forwarded only when stdin is a terminal (checked at run time).

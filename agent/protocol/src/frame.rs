@@ -410,6 +410,7 @@ mod tests {
                         serial: "husk-scratch".into(),
                     }),
                     stdin: true,
+                    network: None,
                 })),
             },
             Frame::Request {

@@ -72,6 +72,7 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod messages;
+pub mod network;
 
 pub use error::ProtocolError;
 pub use flow::{RecvWindow, SendCredit, INITIAL_WINDOW};
@@ -85,4 +86,6 @@ pub use messages::{
 };
 
 /// Bumped on any incompatible change to framing or messages.
+pub use network::NetworkConfig;
+
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -45,6 +45,11 @@ pub enum Request {
     Wait { process: ProcessId },
     /// Reply: `Stats` of the container cgroup.
     Stats,
+    /// Apply new cgroup limits (memory, CPU, pids, ...) to the running
+    /// container, as `runc update` does. Reply: `Done`.
+    Update {
+        resources: Box<oci_spec::runtime::LinuxResources>,
+    },
     /// Close the process's stdin (after any buffered stdin data is
     /// written). Same effect as an Eof frame on its stdin stream.
     /// Reply: `Done`.
@@ -78,6 +83,10 @@ pub struct CreateContainer {
     /// terminal the pty is always the stdin.
     #[serde(default)]
     pub stdin: bool,
+    /// The container's network; `None` (an older host): only `lo` is
+    /// brought up and the image's /etc files stay as they are.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkConfig>,
 }
 
 /// A read-only erofs layer on a virtio-blk disk, found by its serial. The
@@ -164,6 +173,10 @@ pub enum Event {
         process: ProcessId,
         status: ExitStatus,
     },
+    /// The container's cgroup counted new OOM kills: `kills` in all so far
+    /// (memory.events `oom_kill`). Sent before the exit of a process the
+    /// OOM killer ended.
+    OomKilled { kills: u64 },
     /// The agent hit an error it cannot serve past (e.g. a garbled
     /// channel); it powers the VM off right after sending this.
     Fatal { message: String },

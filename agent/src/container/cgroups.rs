@@ -146,17 +146,24 @@ pub fn create(
         Err(source) => return Err(CgroupError::Create { dir, source }),
     }
     if let Some(resources) = resources {
-        for (file, content) in resource_files(resources)? {
-            let path = dir.join(&file);
-            // A kernel without swap support has no swap files: nothing to limit.
-            if file == "memory.swap.max" && !path.exists() && dir.join("memory.max").exists() {
-                tracing::debug!("no swap accounting in this kernel: {file} skipped");
-                continue;
-            }
-            write_file(path, &content)?;
-        }
+        apply(&dir, resources)?;
     }
     Ok(dir)
+}
+
+/// Writes the limit files of `resources` into the cgroup `dir` (at
+/// creation, and again for an update of a running container).
+pub fn apply(dir: &Path, resources: &LinuxResources) -> Result<(), CgroupError> {
+    for (file, content) in resource_files(resources)? {
+        let path = dir.join(&file);
+        // A kernel without swap support has no swap files: nothing to limit.
+        if file == "memory.swap.max" && !path.exists() && dir.join("memory.max").exists() {
+            tracing::debug!("no swap accounting in this kernel: {file} skipped");
+            continue;
+        }
+        write_file(path, &content)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use oci_spec::runtime::{Process, Spec};
 use husk_agent::protocol::{ContainerStats, CreateContainer, ExecProcess};
 
 use crate::error::StepError;
+use crate::network;
 use crate::rootfs::{self, Rootfs};
 use process::{ChildMessage, ChildSetup, Entry};
 use stdio::ParentStdio;
@@ -182,6 +183,24 @@ fn spawn(
     }
 }
 
+/// Bind mounts of the network files (hosts, hostname, resolv.conf) the
+/// host asked for, written under the container's directory.
+fn network_mounts(
+    base: &Path,
+    request: &CreateContainer,
+) -> Result<Vec<oci_spec::runtime::Mount>, StepError> {
+    let Some(config) = &request.network else {
+        return Ok(Vec::new());
+    };
+    let spec_mounts = request.spec.mounts().clone().unwrap_or_default();
+    network::files::prepare(
+        &base.join("net"),
+        config,
+        request.spec.hostname().as_deref(),
+        &spec_mounts,
+    )
+}
+
 /// Lets a Ready child exec and reports whether execve worked.
 fn release(pipes: ChildPipes) -> Result<(), StepError> {
     let ChildPipes { sync, start } = pipes;
@@ -235,9 +254,20 @@ impl Container {
         let base = Path::new(CONTAINERS_DIR).join(&request.container_id);
         let rootfs = rootfs::assemble(&base, &request.layers, request.scratch.as_ref())?;
         let mut process = process;
-        let created = users::resolve(&rootfs.path, &mut process).and_then(|()| {
-            Self::create_in(request, process, &linux, flags, caps, filters, &rootfs)
-        });
+        let created = users::resolve(&rootfs.path, &mut process)
+            .and_then(|()| network_mounts(&base, request))
+            .and_then(|extra_mounts| {
+                Self::create_in(
+                    request,
+                    process,
+                    &linux,
+                    flags,
+                    caps,
+                    filters,
+                    &rootfs,
+                    extra_mounts,
+                )
+            });
         match created {
             Ok((init_pid, cgroup, pipes, stdio)) => Ok((
                 Self {
@@ -259,7 +289,9 @@ impl Container {
         }
     }
 
-    /// Everything after the rootfs: cgroup, stdio, the init process.
+    /// Everything after the rootfs: cgroup, stdio, the init process, its
+    /// network.
+    #[allow(clippy::too_many_arguments)]
     fn create_in(
         request: &CreateContainer,
         process: Process,
@@ -268,6 +300,7 @@ impl Container {
         caps: capabilities::CapabilityPlan,
         filters: Vec<seccompiler::BpfProgram>,
         rootfs: &Rootfs,
+        extra_mounts: Vec<oci_spec::runtime::Mount>,
     ) -> Result<(Pid, PathBuf, ChildPipes, ParentStdio), StepError> {
         let spec = &request.spec;
         let cgroup_root = Path::new(cgroups::CGROUP_ROOT);
@@ -293,7 +326,12 @@ impl Container {
         let clone_flags = flags - CloneFlags::CLONE_NEWCGROUP;
         let unshare_after_cgroup = flags & CloneFlags::CLONE_NEWCGROUP;
         let rootfs_path = rootfs.path.clone();
-        let child_spec = Box::new(spec.clone());
+        let mut child_spec = Box::new(spec.clone());
+        if !extra_mounts.is_empty() {
+            let mut mounts = child_spec.mounts().clone().unwrap_or_default();
+            mounts.extend(extra_mounts);
+            child_spec.set_mounts(Some(mounts));
+        }
         let child_cgroup = cgroup.clone();
         let (pid, pipes) = spawn(clone_flags, move |sync, start| ChildSetup {
             entry: Entry::Init {
@@ -309,6 +347,14 @@ impl Container {
             seccomp: filters,
             caps,
         })?;
+        // The child is set up and waits for the start byte: its network
+        // namespace exists, configure it before anything runs there.
+        let own_namespace = !flags.contains(CloneFlags::CLONE_NEWNET);
+        if let Err(err) = network::configure(pid, own_namespace, request.network.as_ref()) {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return Err(err);
+        }
         Ok((pid, cgroup, pipes, parent_stdio))
     }
 
@@ -388,6 +434,19 @@ impl Container {
         }
         release(pipes)?;
         Ok((pid, parent_stdio))
+    }
+
+    /// The container's cgroup directory.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// New limits for the running container's cgroup.
+    pub fn update(
+        &self,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), cgroups::CgroupError> {
+        cgroups::apply(&self.cgroup, resources)
     }
 
     pub fn stats(&self) -> ContainerStats {

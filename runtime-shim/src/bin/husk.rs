@@ -34,8 +34,16 @@ pub enum Command {
     /// Manage images: import, ls, inspect, rm, prune.
     #[command(subcommand)]
     Image(cli::image::ImageCommand),
+    /// Pull an image from an OCI registry into the store.
+    Pull(cli::registry::PullArgs),
+    /// Push an image of the store to an OCI registry.
+    Push(cli::registry::PushArgs),
+    /// Record credentials for a registry (checked first).
+    Login(cli::registry::LoginArgs),
+    /// Forget the credentials of a registry.
+    Logout(cli::registry::LogoutArgs),
     /// Run a command in a new container, in its own microVM.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// List containers (running; -a for all).
     Ps(cli::containers::PsArgs),
     /// Run a command in a running container.
@@ -50,6 +58,37 @@ pub enum Command {
     Rm(cli::containers::RmArgs),
     /// Containers in detail (JSON).
     Inspect(cli::containers::InspectArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (husk.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+/// `husk man DIR`: `husk.1`, `husk-image.1`, `husk-image-import.1`, ...
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<i32> {
+    use clap::CommandFactory;
+    fn render(cmd: &clap::Command, name: String, dir: &std::path::Path) -> anyhow::Result<()> {
+        let cmd = cmd
+            .clone()
+            .display_name(name.clone())
+            .bin_name(name.replace('-', " "));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)?;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            render(sub, format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    render(&cmd, "husk".into(), dir)?;
+    Ok(0)
 }
 
 fn main() {
@@ -76,7 +115,11 @@ fn main() {
     let result = match cli.command {
         Command::Check(args) => cli::check::run(args),
         Command::Image(cmd) => cli::image::run(&cli.store, cmd),
-        Command::Run(args) => cli::run::run(&cli.store, args),
+        Command::Pull(args) => cli::registry::pull(&cli.store, args),
+        Command::Push(args) => cli::registry::push(&cli.store, args),
+        Command::Login(args) => cli::registry::login(args),
+        Command::Logout(args) => cli::registry::logout(args),
+        Command::Run(args) => cli::run::run(&cli.store, *args),
         Command::Ps(args) => cli::containers::ps(&cli.store, args),
         Command::Exec(args) => cli::containers::exec(&cli.store, args),
         Command::Logs(args) => cli::containers::logs(&cli.store, args),
@@ -84,6 +127,12 @@ fn main() {
         Command::Kill(args) => cli::containers::kill(&cli.store, args),
         Command::Rm(args) => cli::containers::rm(&cli.store, args),
         Command::Inspect(args) => cli::containers::inspect(&cli.store, args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "husk", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => write_man_pages(&dir),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -14,12 +14,59 @@ pub struct CheckArgs {
 
 pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let report = probe::probe_host();
+    let assets = assets_found();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(object) = value.as_object_mut() {
+            let found = assets
+                .iter()
+                .map(|(name, path, from, present)| {
+                    (
+                        name.to_string(),
+                        serde_json::json!({"path": path, "from": from, "present": present}),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>();
+            object.insert("assets".into(), found.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render_text(&report));
+        println!();
+        for (name, path, from, present) in &assets {
+            let state = if *present { "found" } else { "MISSING" };
+            println!("  {name:<20} {} ({state}; from {from})", path.display());
+        }
     }
     Ok(exit_code(report.verdict))
+}
+
+/// The guest kernel, agent and VMM program husk would use, and why there.
+fn assets_found() -> Vec<(&'static str, std::path::PathBuf, &'static str, bool)> {
+    use crate::sandbox::assets;
+    let (kernel, kernel_from) = assets::kernel_location(None);
+    let (agent, agent_from) = assets::agent_location();
+    let (vmm, vmm_from) = match std::env::var_os("HUSK_VMM").filter(|v| !v.is_empty()) {
+        Some(path) => (std::path::PathBuf::from(path), "HUSK_VMM"),
+        None => (
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join("husk-vmm")))
+                .unwrap_or_default(),
+            "beside husk",
+        ),
+    };
+    [
+        ("guest kernel", kernel, kernel_from),
+        ("guest agent", agent, agent_from),
+        ("husk-vmm", vmm, vmm_from),
+    ]
+    .into_iter()
+    .map(|(name, path, from)| {
+        let present = path.is_file();
+        (name, path, from, present)
+    })
+    .collect()
 }
 
 /// 0 when husk can run containers here (at full speed or under QEMU TCG).

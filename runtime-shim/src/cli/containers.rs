@@ -45,6 +45,18 @@ pub fn run_detached(
     if let Some(name) = &launch.name {
         names::claim(&root, name, &id)?;
     }
+    // Released by this drop on failure; by the monitor once it runs.
+    let network = match prepared.attach_network(&launch.network) {
+        Ok(network) => network,
+        Err(e) => {
+            if let Some(name) = &launch.name {
+                names::release(&root, name, &id);
+            }
+            return Err(e.into());
+        }
+    };
+    let mut create = prepared.create_request(false);
+    create.network = Some(network.agent.clone());
     let command = prepared
         .spec
         .process()
@@ -58,7 +70,7 @@ pub fn run_detached(
         disks: prepared.disks.clone(),
         vcpus: prepared.vcpus,
         memory_mib: prepared.memory_mib,
-        create: prepared.create_request(false),
+        create,
         stdio: InitStdio::Log,
         state: State {
             id: id.clone(),
@@ -76,6 +88,8 @@ pub fn run_detached(
             owner: String::new(),
         },
         auto_remove: remove,
+        nics: network.nics.clone(),
+        network: network.to_release(),
     };
     let started = lifecycle::create(&root, &config, log_level)
         .map_err(anyhow::Error::from)
@@ -87,6 +101,7 @@ pub fn run_detached(
         }
         return Err(e);
     }
+    network.keep();
     println!("{id}");
     Ok(0)
 }

@@ -5,4 +5,5 @@ pub mod check;
 pub mod containers;
 pub mod image;
 pub mod oci;
+pub mod registry;
 pub mod run;

@@ -2,6 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use super::registry::RegistryArgs;
+use crate::image::registry::{self, platform::Platform};
+use crate::image::{Store, StoreError};
+use crate::network::{NetworkMode, NetworkOptions, PortMapping};
 use crate::sandbox::agent_client::AgentError;
 use crate::sandbox::launch::{self, Launch, LaunchError, Outcome};
 use crate::sandbox::select::BackendChoice;
@@ -59,17 +63,88 @@ pub struct RunArgs {
     /// `seccomp=unconfined`; the default is husk's Docker-like profile.
     #[arg(long = "security-opt", value_name = "OPT")]
     pub security_opt: Vec<String>,
+    /// The container's network: `bridge` (a NIC on the host bridge husk0,
+    /// NAT to the outside) or `none` (only lo).
+    #[arg(long, value_enum, default_value_t = NetworkMode::Bridge)]
+    pub network: NetworkMode,
+    /// Publish a container port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
+    /// (repeatable); refused before boot if the host port is taken.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]"
+    )]
+    pub publish: Vec<PortMapping>,
     /// Which program runs the VM: auto follows `husk check`.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
     /// Guest kernel (default: $HUSK_KERNEL, then /usr/lib/husk/vmlinux).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// When to pull the image from its registry first: `missing` (the
+    /// default, as docker does), `always`, or `never`.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+    /// Platform to pull (OS/ARCH[/VARIANT]); default: this host's.
+    #[arg(long, value_parser = Platform::parse)]
+    pub platform: Option<Platform>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Image name or ID.
     pub image: String,
     /// Command and arguments (default: the image's Entrypoint and Cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    Missing,
+    Never,
+}
+
+/// Pulls the image when the policy says so; returns what to run (the
+/// image ID for a digest reference, which names no tag in the store).
+pub fn ensure_image(
+    store: &Path,
+    image: &str,
+    policy: PullPolicy,
+    registry_args: &RegistryArgs,
+    platform: Option<Platform>,
+) -> anyhow::Result<String> {
+    let store = Store::open(store)?;
+    match (policy, local_image(&store, image)?) {
+        (PullPolicy::Always, _) => {}
+        (_, Some(found)) => return Ok(found),
+        // The run reports the image missing.
+        (PullPolicy::Never, None) => return Ok(image.to_string()),
+        (PullPolicy::Missing, None) => {
+            eprintln!("husk: image {image} is not in the store: pulling it")
+        }
+    }
+    let report = super::registry::pull_into(
+        &store,
+        image,
+        registry_args,
+        platform,
+        true,
+        registry::DEFAULT_CONCURRENT_DOWNLOADS,
+    )?;
+    Ok(report.name.unwrap_or(report.id))
+}
+
+/// The image `husk run` would use without pulling, if the store has it.
+fn local_image(store: &Store, image: &str) -> anyhow::Result<Option<String>> {
+    if let Some((_, digest)) = image.split_once('@') {
+        let digest = crate::image::digest::Digest::parse(digest)?;
+        return Ok(store.image_by_manifest(&digest)?.map(|id| id.to_string()));
+    }
+    match store.resolve_id(image) {
+        Ok(_) => Ok(Some(image.to_string())),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn parse_memory(text: &str) -> Result<u64, String> {
@@ -103,6 +178,11 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         Some(cpus) => anyhow::bail!("--cpus {cpus} is not a positive number"),
         None => 1,
     };
+    let network = NetworkOptions {
+        mode: args.network,
+        publish: args.publish,
+    };
+    network.check().map_err(anyhow::Error::msg)?;
     if let Some(limit) = args.pids_limit {
         anyhow::ensure!(limit > 0, "--pids-limit must be positive");
     }
@@ -115,6 +195,13 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
             ),
         }
     }
+    let image = ensure_image(
+        store,
+        &args.image,
+        args.pull,
+        &args.registry,
+        args.platform.clone(),
+    )?;
     let options = RunOptions {
         command: args.command,
         env: args.env,
@@ -134,7 +221,7 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         seccomp,
     };
     let launch = Launch {
-        image: args.image,
+        image,
         options,
         forward_stdin: args.interactive,
         name: args.name,
@@ -142,6 +229,7 @@ pub fn run(store: &Path, args: RunArgs) -> anyhow::Result<i32> {
         kernel: args.kernel,
         vcpus,
         id: None,
+        network,
     };
     if detach {
         return super::containers::run_detached(store, launch, remove, "info");

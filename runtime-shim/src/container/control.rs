@@ -64,6 +64,13 @@ pub enum ControlRequest {
         process: Option<ProcessId>,
     },
     Stats,
+    /// Stay connected and get a reply per container event (`oom`) until
+    /// the container ends.
+    Events,
+    /// Apply new cgroup limits in the guest.
+    Update {
+        resources: Box<oci_spec::runtime::LinuxResources>,
+    },
     Pause,
     Resume,
     /// Stop the VM and end the monitor (`delete`; `force` for a running
@@ -78,10 +85,21 @@ pub enum ControlRequest {
 #[serde(rename_all = "snake_case")]
 pub enum ControlReply {
     Ok,
-    Error { message: String },
-    Started { process: ProcessId, pid: i32 },
-    Exited { status: ExitStatus },
+    Error {
+        message: String,
+    },
+    Started {
+        process: ProcessId,
+        pid: i32,
+    },
+    Exited {
+        status: ExitStatus,
+    },
     Stats(ContainerStats),
+    /// The container's cgroup counted `kills` OOM kills so far.
+    Oom {
+        kills: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,14 +223,21 @@ pub fn receive(stream: UnixStream, timeout: Duration) -> Result<Received, Contro
 
 /// Writes one reply line; a client that went away is not an error.
 pub fn answer(stream: &UnixStream, reply: &ControlReply) {
+    try_answer(stream, reply);
+}
+
+/// [`answer`]; false if the client is gone (or stopped reading).
+pub fn try_answer(stream: &UnixStream, reply: &ControlReply) -> bool {
     let Ok(mut line) = serde_json::to_vec(reply) else {
-        return;
+        return false;
     };
     line.push(b'\n');
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     if let Err(e) = (&*stream).write_all(&line) {
         tracing::debug!(error = %e, "control client went away");
+        return false;
     }
+    true
 }
 
 #[cfg(test)]

@@ -177,6 +177,22 @@ impl Instance {
         }
     }
 
+    /// New cgroup limits for the running container.
+    pub fn update(
+        &mut self,
+        resources: oci_spec::runtime::LinuxResources,
+    ) -> Result<(), AgentError> {
+        self.client.call(
+            &mut self.vm,
+            None,
+            Request::Update {
+                resources: Box::new(resources),
+            },
+            CALL_TIMEOUT,
+        )?;
+        Ok(())
+    }
+
     /// Freezes or thaws the VM's vCPUs (the whole VM program stops).
     pub fn freeze(&mut self, frozen: bool) -> Result<(), nix::Error> {
         let signal = if frozen {

@@ -53,13 +53,24 @@ pub fn create(
     config: &MonitorConfig,
     log_level: &str,
 ) -> Result<(Child, State), ContainerError> {
+    create_with_stdio(root, config, log_level, [0, 1, 2])
+}
+
+/// [`create`], with the init's stdin, stdout and stderr taken from `stdio`
+/// instead of the caller's own (see [`monitor::spawn_with_stdio`]).
+pub fn create_with_stdio(
+    root: &Path,
+    config: &MonitorConfig,
+    log_level: &str,
+    stdio: [RawFd; 3],
+) -> Result<(Child, State), ContainerError> {
     let dir = StateDir::create(root, &config.state.id)?;
     let result = (|| {
         let _lock = dir.lock()?;
         let mut state = config.state.clone();
         state.status = Status::Creating;
         dir.save(&state)?;
-        let (child, _pid) = monitor::spawn(&dir, config, log_level)?;
+        let (child, _pid) = monitor::spawn_with_stdio(&dir, config, log_level, stdio)?;
         Ok::<_, ContainerError>((child, dir.load()?))
     })();
     if result.is_err() {
@@ -123,6 +134,22 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), Contain
             process: None,
             signal,
             all,
+        },
+    )
+}
+
+/// New cgroup limits (memory, CPU, pids) for a running container.
+pub fn update(
+    root: &Path,
+    id: &str,
+    resources: oci_spec::runtime::LinuxResources,
+) -> Result<(), ContainerError> {
+    simple(
+        root,
+        id,
+        Op::Update,
+        ControlRequest::Update {
+            resources: Box::new(resources),
         },
     )
 }
@@ -191,8 +218,20 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<State, ContainerErro
         if force { Op::ForceDelete } else { Op::Delete },
     )?;
     stop_monitor(&dir, force)?;
+    release_network(&dir);
     dir.remove()?;
     Ok(state)
+}
+
+/// Releases the container's network if its monitor could not (killed, or
+/// still ending when it was stopped); releasing twice is harmless.
+fn release_network(dir: &StateDir) {
+    let config = std::fs::read(dir.monitor_config())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<monitor::MonitorConfig>(&bytes).ok());
+    if let Some(network) = config.and_then(|config| config.network) {
+        network.release();
+    }
 }
 
 /// Ends the monitor of `dir` if it still runs: asks it to delete, then

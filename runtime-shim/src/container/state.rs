@@ -63,6 +63,8 @@ pub enum Op {
     Pause,
     Resume,
     Stats,
+    /// New resource limits (`runc update`, containerd's Update).
+    Update,
     /// `delete` without `--force`.
     Delete,
     /// `delete --force`: any status.
@@ -103,6 +105,9 @@ pub fn transition(status: Status, op: Op) -> Result<Status, TransitionError> {
         (Op::Exec, other) => Err(TransitionError::Exec(other)),
         (Op::Signal | Op::Stats, Created | Running | Paused) => Ok(status),
         (Op::Signal | Op::Stats, _) => Err(TransitionError::NotRunning),
+        // A paused VM's agent cannot answer.
+        (Op::Update, Created | Running) => Ok(status),
+        (Op::Update, _) => Err(TransitionError::NotRunning),
         (Op::Pause, Running) => Ok(Paused),
         (Op::Pause, other) => Err(TransitionError::Pause(other)),
         (Op::Resume, Paused) => Ok(Running),

@@ -131,6 +131,20 @@ pub fn import(
     Ok(report)
 }
 
+/// Imports one image whose plan was made elsewhere (`husk pull`, from a
+/// registry's manifest and config): `source` holds the blobs of the layers
+/// the store does not have yet, named by each [`LayerPlan::member`].
+pub(crate) fn import_planned(
+    store: &Store,
+    source: &Source,
+    plan: &ImagePlan,
+    limits: &Limits,
+    progress: bool,
+) -> Result<ImportedImage, ImportError> {
+    let progress = Progress::new(progress);
+    import_image(store, source, plan, limits, &progress).map(|(imported, _)| imported)
+}
+
 fn apply_tag(plans: &mut [ImagePlan], tag: Option<&str>) -> Result<(), ImportError> {
     let Some(tag) = tag else { return Ok(()) };
     let name = reference::normalize(tag).map_err(|source| ImportError::BadTag {

@@ -12,6 +12,7 @@
 //!                                 /cache-id  random name the layer was built under
 //!                                 /layer.erofs  the read-only disk image VMs attach
 //! <root>/tmp/                                staging (same filesystem: renames are atomic)
+//! <root>/tmp/downloads/<hex>[.partial]        registry blobs being pulled (kept to resume)
 //! <root>/locks/                              flock files: store.lock, <chain id>.lock
 //! ```
 
@@ -91,6 +92,19 @@ impl Layout {
 
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// Blobs `husk pull` is downloading (`<hex>.partial`, resumed by the
+    /// next pull) or has verified (`<hex>`, until their layer is built).
+    /// Inside the staging area, but not swept with it.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.tmp_dir().join("downloads")
+    }
+
+    /// Held while a blob is downloaded into [`Self::downloads_dir`].
+    pub fn download_lock(&self, blob: &Digest) -> PathBuf {
+        self.locks_dir()
+            .join(format!("download-{}.lock", blob.hex()))
     }
 
     pub fn locks_dir(&self) -> PathBuf {

@@ -13,10 +13,11 @@ mod fsutil;
 pub mod import;
 pub mod layout;
 pub mod limits;
-mod lock;
+pub(crate) mod lock;
 pub mod media;
 mod progress;
 pub mod reference;
+pub mod registry;
 pub mod store;
 pub mod unpack;
 

@@ -323,6 +323,47 @@ impl Store {
         Digest::parse(text.trim()).ok()
     }
 
+    /// The image imported with this manifest (a digest-pinned pull).
+    pub fn image_by_manifest(&self, manifest: &Digest) -> Result<Option<Digest>, StoreError> {
+        Ok(self
+            .image_ids()?
+            .into_iter()
+            .find(|id| self.image_manifest_digest(id).as_ref() == Some(manifest)))
+    }
+
+    /// The layer blob digests a stored manifest lists (empty when the
+    /// manifest is missing or unreadable).
+    pub fn manifest_layers(&self, manifest: &Digest) -> Vec<Digest> {
+        let path = self.layout.blob(manifest);
+        let Ok(bytes) = read_bounded(&path, MAX_JSON_BYTES) else {
+            return Vec::new();
+        };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return Vec::new();
+        };
+        value["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| Digest::parse(l["digest"].as_str()?).ok())
+            .collect()
+    }
+
+    /// Keeps a verified blob (a pulled layer as the registry sent it) for
+    /// `husk push`, moved into `blobs/`.
+    pub fn keep_blob(&self, from: &Path, digest: &Digest) -> Result<(), StoreError> {
+        let target = self.layout.blob(digest);
+        if target.exists() {
+            return fs::remove_file(from).map_err(io_error(from));
+        }
+        fs::rename(from, &target).map_err(io_error(&target))
+    }
+
+    /// A kept blob, if the store has it.
+    pub fn blob(&self, digest: &Digest) -> Option<PathBuf> {
+        Some(self.layout.blob(digest)).filter(|p| p.is_file())
+    }
+
     pub fn has_layer(&self, chain_id: &Digest) -> bool {
         self.layout.layer_disk(chain_id).is_file()
     }
@@ -564,7 +605,7 @@ impl Store {
     /// image refers to.
     pub fn prune(&self) -> Result<PruneReport, StoreError> {
         let mut report = PruneReport {
-            swept_staging: self.sweep_staging()?,
+            swept_staging: self.sweep_staging()? + self.sweep_downloads()?,
             ..Default::default()
         };
         let mut layers = self.layer_ids()?;
@@ -664,11 +705,16 @@ impl Store {
 
     fn delete_unreferenced_blobs(&self) -> Result<Vec<String>, StoreError> {
         let _store = self.lock_store()?;
-        let referenced: BTreeSet<Digest> = self
+        // An image's manifest, and the layer blobs a pull kept beside it.
+        let mut referenced = BTreeSet::new();
+        for manifest in self
             .image_ids()?
             .iter()
             .filter_map(|id| self.image_manifest_digest(id))
-            .collect();
+        {
+            referenced.extend(self.manifest_layers(&manifest));
+            referenced.insert(manifest);
+        }
         let mut deleted = Vec::new();
         for blob in hex_entries(&self.layout.blobs_dir())? {
             if !referenced.contains(&blob) {
@@ -680,14 +726,47 @@ impl Store {
         Ok(deleted)
     }
 
+    /// Removes the blobs interrupted pulls left to resume from, except those
+    /// a pull is downloading now (it holds their download lock).
+    pub fn sweep_downloads(&self) -> Result<usize, StoreError> {
+        let dir = self.layout.downloads_dir();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let mut swept = 0;
+        for entry in entries {
+            let entry = entry.map_err(io_error(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let hex = name.strip_suffix(".partial").unwrap_or(&name);
+            let Ok(blob) = Digest::from_hex(hex) else {
+                continue;
+            };
+            let lock_path = self.layout.download_lock(&blob);
+            let Some(_held) = lock::try_exclusive(&lock_path).map_err(io_error(&lock_path))? else {
+                continue;
+            };
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io_error(&path))?;
+            tracing::info!(path = %path.display(), "removed an interrupted download");
+            swept += 1;
+        }
+        Ok(swept)
+    }
+
     /// Removes staging directories left by interrupted imports: those no
     /// live import holds a lock on, and old enough not to be brand new.
     pub fn sweep_staging(&self) -> Result<usize, StoreError> {
         let tmp = self.layout.tmp_dir();
+        let downloads = self.layout.downloads_dir();
         let mut swept = 0;
         for entry in fs::read_dir(&tmp).map_err(io_error(&tmp))? {
             let entry = entry.map_err(io_error(&tmp))?;
             let path = entry.path();
+            // Partial downloads are what a later pull resumes from; only
+            // `prune` drops them.
+            if path == downloads {
+                continue;
+            }
             let Ok(metadata) = fs::symlink_metadata(&path) else {
                 continue;
             };

@@ -483,6 +483,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::Signal { .. } => "the agent to deliver a signal",
         Request::Wait { .. } => "a process to exit",
         Request::Stats => "container stats",
+        Request::Update { .. } => "update limits",
         Request::CloseStdin { .. } => "the agent to close stdin",
         Request::ResizeTty { .. } => "the agent to resize the terminal",
         Request::Shutdown => "the agent to shut down",

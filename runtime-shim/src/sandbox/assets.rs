@@ -1,11 +1,16 @@
 //! Where the guest kernel and the guest agent come from: a flag, then an
-//! environment variable, then the installed default. A missing one is an
-//! error that says how to build it.
+//! environment variable, then where `scripts/install.sh` puts them beside
+//! the running binary (`<prefix>/bin/husk` → `<prefix>/lib/husk/`), then
+//! `/usr/lib/husk/`. A missing one is an error that says how to build it.
 
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_KERNEL: &str = "/usr/lib/husk/vmlinux";
 pub const DEFAULT_AGENT: &str = "/usr/lib/husk/husk-agent";
+
+/// File names in an install's `lib/husk/`.
+const KERNEL_FILE: &str = "vmlinux";
+const AGENT_FILE: &str = "husk-agent";
 
 const KERNEL_HINT: &str = "build it with `guest-kernel-config/build.sh` (it prints the vmlinux \
     path as its last line), then pass --kernel PATH or set HUSK_KERNEL";
@@ -32,7 +37,7 @@ pub enum AssetError {
 
 /// The guest kernel: `--kernel`, else `HUSK_KERNEL`, else the default.
 pub fn kernel(flag: Option<&Path>) -> Result<PathBuf, AssetError> {
-    let (path, source_name) = pick(flag, "HUSK_KERNEL", DEFAULT_KERNEL, "--kernel");
+    let (path, source_name) = pick(flag, "HUSK_KERNEL", KERNEL_FILE, DEFAULT_KERNEL, "--kernel");
     if path.is_file() {
         Ok(path)
     } else {
@@ -46,7 +51,7 @@ pub fn kernel(flag: Option<&Path>) -> Result<PathBuf, AssetError> {
 
 /// The static guest agent: `HUSK_AGENT`, else the default.
 pub fn agent() -> Result<PathBuf, AssetError> {
-    let (path, source_name) = pick(None, "HUSK_AGENT", DEFAULT_AGENT, "");
+    let (path, source_name) = pick(None, "HUSK_AGENT", AGENT_FILE, DEFAULT_AGENT, "");
     if path.is_file() {
         Ok(path)
     } else {
@@ -58,19 +63,41 @@ pub fn agent() -> Result<PathBuf, AssetError> {
     }
 }
 
+/// Where the kernel would be taken from, and on whose word (for `husk check`).
+pub fn kernel_location(flag: Option<&Path>) -> (PathBuf, &'static str) {
+    pick(flag, "HUSK_KERNEL", KERNEL_FILE, DEFAULT_KERNEL, "--kernel")
+}
+
+/// Where the agent would be taken from, and on whose word.
+pub fn agent_location() -> (PathBuf, &'static str) {
+    pick(None, "HUSK_AGENT", AGENT_FILE, DEFAULT_AGENT, "")
+}
+
+/// `<dir of the running binary>/../lib/husk`, where an install keeps the
+/// guest kernel and agent.
+pub fn install_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    Some(exe.parent()?.parent()?.join("lib/husk"))
+}
+
 fn pick(
     flag: Option<&Path>,
     env: &'static str,
+    file: &str,
     default: &str,
     flag_name: &'static str,
 ) -> (PathBuf, &'static str) {
     if let Some(path) = flag {
         return (path.to_path_buf(), flag_name);
     }
-    match std::env::var_os(env).filter(|v| !v.is_empty()) {
-        Some(value) => (PathBuf::from(value), env),
-        None => (PathBuf::from(default), "the default location"),
+    if let Some(value) = std::env::var_os(env).filter(|v| !v.is_empty()) {
+        return (PathBuf::from(value), env);
     }
+    if let Some(installed) = install_dir().map(|d| d.join(file)).filter(|p| p.is_file()) {
+        return (installed, "the install beside husk");
+    }
+    (PathBuf::from(default), "the default location")
 }
 
 #[cfg(test)]

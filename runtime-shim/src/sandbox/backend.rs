@@ -146,6 +146,39 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Kernel command-line words appended after the backend's own.
     pub cmdline_extra: Vec<String>,
+    /// virtio-net NICs, each over a tap the spawner opens and passes down
+    /// as fd [`NIC_FD_BASE`] + its index.
+    pub nics: Vec<crate::network::NicConfig>,
+}
+
+/// The VM program finds NIC `i`'s tap at this fd + `i`.
+pub const NIC_FD_BASE: i32 = 100;
+
+/// Opens every NIC's tap, each at a number above the range it will be
+/// moved to in the child (so the moves in [`spawn_vm`] cannot clobber one
+/// another).
+fn open_taps(config: &VmConfig) -> Result<Vec<std::os::fd::OwnedFd>, BackendError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let above = NIC_FD_BASE + config.nics.len() as i32;
+    config
+        .nics
+        .iter()
+        .map(|nic| {
+            let fd = crate::network::tap::open(&nic.tap, nic.netns.as_deref())
+                .map_err(|e| BackendError::Config(format!("tap {}: {e}", nic.tap)))?;
+            // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd we own.
+            let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above) };
+            if moved < 0 {
+                return Err(BackendError::Config(format!(
+                    "tap {}: {}",
+                    nic.tap,
+                    std::io::Error::last_os_error()
+                )));
+            }
+            // SAFETY: `moved` is a fresh fd owned by nobody else.
+            Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +229,23 @@ pub(crate) fn spawn_vm(
     config: &VmConfig,
 ) -> Result<VmProcess, BackendError> {
     let program = command.get_program().to_string_lossy().into_owned();
+    let taps = open_taps(config)?;
+    if !taps.is_empty() {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 is async-signal-safe; the taps live in the closure
+        // until the command is dropped, after the spawn.
+        unsafe {
+            command.pre_exec(move || {
+                for (index, tap) in taps.iter().enumerate() {
+                    // dup2 leaves the new fd without close-on-exec.
+                    if libc::dup2(tap.as_raw_fd(), NIC_FD_BASE + index as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
     // Through a pipe and a cap: the guest can make the VM program log.
     let log_error = |source| BackendError::Log {
         path: config.vmm_log.clone(),
@@ -409,6 +459,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 64,
             cmdline_extra: vec![],
+            nics: Vec::new(),
         }
     }
 

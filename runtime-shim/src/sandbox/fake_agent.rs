@@ -44,6 +44,7 @@ impl Fixture {
             vcpus: 1,
             memory_mib: 64,
             cmdline_extra: vec![],
+            nics: Vec::new(),
         }
     }
 

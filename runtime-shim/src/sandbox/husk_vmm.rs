@@ -110,6 +110,10 @@ impl HuskVmmBackend {
             None => {}
         }
         cmd.arg("--console-socket").arg(&config.console_socket);
+        for (index, nic) in config.nics.iter().enumerate() {
+            let fd = super::backend::NIC_FD_BASE + index as i32;
+            cmd.arg("--net").arg(format!("tap-fd={fd},mac={}", nic.mac));
+        }
         cmd.arg("--serial-log").arg(&config.serial_log);
         if let Some(jail) = jail {
             cmd.arg("--jail-root").arg(&jail.root);
@@ -243,6 +247,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 300,
             cmdline_extra: vec!["x=y".into()],
+            nics: Vec::new(),
         }
     }
 
@@ -250,6 +255,27 @@ mod tests {
         cmd.get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn nics_become_net_flags_on_the_inherited_fds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("l0.erofs"), [0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("l1.erofs"), [0u8; 1024]).unwrap();
+        let mut config = config(dir.path());
+        config.nics = vec![crate::network::NicConfig {
+            tap: "husk-tap-abc".into(),
+            mac: "02:68:0a:58:00:02".into(),
+            netns: None,
+        }];
+        let cmd = HuskVmmBackend::with_program(std::path::Path::new("/bin/husk-vmm"))
+            .command(&config)
+            .unwrap();
+        let joined = args(&cmd).join(" ");
+        assert!(
+            joined.contains("--net tap-fd=100,mac=02:68:0a:58:00:02"),
+            "{joined}"
+        );
     }
 
     #[test]

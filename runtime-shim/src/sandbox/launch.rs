@@ -57,6 +57,8 @@ pub enum LaunchError {
     Create(ErrorReply),
     #[error("setting the terminal to raw mode: {0}")]
     Terminal(nix::Error),
+    #[error("network: {0}")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 /// What the user asked for.
@@ -70,6 +72,8 @@ pub struct Launch {
     pub vcpus: u32,
     /// The container's ID (a new random one when `None`).
     pub id: Option<String>,
+    /// `--network` and `-p`.
+    pub network: crate::network::NetworkOptions,
 }
 
 /// How it ended when the container got as far as its command.
@@ -93,13 +97,17 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
 
     let prepared = prepare(store_root, &launch, kernel, &agent)?;
     let container_id = prepared.id.clone();
+    // Before the VM: a refused port fails here, and the drop at the end of
+    // this function (after the VM is gone) releases it all.
+    let network = prepared.attach_network(&launch.network)?;
 
     // The run directory is handed to the instance, which drops it after the
     // VM: the VM goes first, then its socket and logs.
     RunDir::sweep_stale(store_root);
     let rundir = RunDir::create(store_root, &container_id)?;
     tracing::debug!(path = %rundir.path().display(), "run directory");
-    let config = prepared.vm_config(&rundir);
+    let mut config = prepared.vm_config(&rundir);
+    config.nics = network.nics.clone();
     let mut instance = Instance::boot(
         container_id,
         selected.backend.as_ref(),
@@ -114,10 +122,9 @@ pub fn run(store_root: &Path, launch: Launch) -> Result<Outcome, LaunchError> {
         .process()
         .as_ref()
         .is_some_and(|p| p.terminal().unwrap_or(false));
-    instance.create(
-        prepared.create_request(launch.forward_stdin),
-        Some(&signals),
-    )?;
+    let mut create = prepared.create_request(launch.forward_stdin);
+    create.network = Some(network.agent.clone());
+    instance.create(create, Some(&signals))?;
 
     // Raw mode only once the container is about to own the terminal, and
     // only when input is forwarded (as `docker run -it`).
@@ -189,7 +196,22 @@ impl Prepared {
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
             cmdline_extra: Vec::new(),
+            nics: Vec::new(),
         }
+    }
+
+    /// The container's network (`owner`: this process runs the VM).
+    pub fn attach_network(
+        &self,
+        options: &crate::network::NetworkOptions,
+    ) -> Result<crate::network::Attachment, LaunchError> {
+        let hostname = self.spec.hostname().clone().unwrap_or_default();
+        Ok(crate::network::attach(
+            &self.id,
+            &hostname,
+            options,
+            std::process::id(),
+        )?)
     }
 
     /// The agent request that creates the container.
@@ -201,6 +223,7 @@ impl Prepared {
             layers: self.layers.clone(),
             scratch: None,
             stdin,
+            network: None,
         }
     }
 }

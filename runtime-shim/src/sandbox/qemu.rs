@@ -119,6 +119,16 @@ impl QemuBackend {
                 disk.serial
             ));
         }
+        // The tap is opened by husk (with IFF_VNET_HDR) and inherited.
+        for (index, nic) in config.nics.iter().enumerate() {
+            let fd = super::backend::NIC_FD_BASE + index as i32;
+            cmd.arg("-netdev")
+                .arg(format!("tap,id=net{index},fd={fd},vhost=off"));
+            cmd.arg("-device").arg(format!(
+                "virtio-net-device,netdev=net{index},mac={}",
+                nic.mac
+            ));
+        }
         Ok(cmd)
     }
 }
@@ -223,6 +233,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 320,
             cmdline_extra: vec!["husk.debug=1".into()],
+            nics: Vec::new(),
         }
     }
 
@@ -230,6 +241,27 @@ mod tests {
         cmd.get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn nics_become_tap_netdevs_on_the_inherited_fds() {
+        let mut config = config();
+        config.nics = vec![crate::network::NicConfig {
+            tap: "husk-tap-abc".into(),
+            mac: "02:68:0a:58:00:02".into(),
+            netns: None,
+        }];
+        let cmd = QemuBackend {
+            program: "qemu".into(),
+            accel: Accel::Tcg,
+        }
+        .command(&config)
+        .unwrap();
+        let a = args(&cmd).join(" ");
+        assert!(
+            a.contains("-netdev tap,id=net0,fd=100,vhost=off -device virtio-net-device,netdev=net0,mac=02:68:0a:58:00:02"),
+            "{a}"
+        );
     }
 
     #[test]

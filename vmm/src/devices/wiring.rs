@@ -5,6 +5,7 @@
 //! command line (`virtio_mmio.device=4K@0x...:IRQ`), so the order here is
 //! the guest's device order: disks are vda, vdb, ... in `--disk` order.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -15,8 +16,9 @@ use vm_memory::GuestMemoryMmap;
 use super::bus::{Bus, BusError};
 use super::virtio::block::Block;
 use super::virtio::console::Console;
+use super::virtio::net::{Net, Tap};
 use super::virtio::{Interrupt, MmioTransport, TransportError, VirtioDevice, QUEUE_NOTIFY_OFFSET};
-use crate::config::{DiskConfig, VmConfig};
+use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::exit::ExitSender;
 use crate::memory::{DeviceSlot, DeviceSlotAllocator, MemoryError};
 
@@ -84,6 +86,13 @@ pub fn attach(
             .slots
             .push(attach_one(name, device, vm_fd, mem, mmio, slots)?);
     }
+    for (index, net) in config.nets.iter().enumerate() {
+        let name = format!("net{index}");
+        let device = make_net(net, &name, exit)?;
+        attached
+            .slots
+            .push(attach_one(name, device, vm_fd, mem, mmio, slots)?);
+    }
     Ok(attached)
 }
 
@@ -115,6 +124,18 @@ fn make_console(socket: &Path, name: &str, exit: &ExitSender) -> Result<BoxedDev
         detail: e.to_string(),
     })?;
     Ok(Box::new(console))
+}
+
+/// A virtio-net NIC over the tap fd the parent passed (taken over here).
+fn make_net(net: &NetConfig, name: &str, exit: &ExitSender) -> Result<BoxedDevice, VirtioError> {
+    // SAFETY: `validate` checked the fd is open and named by one NIC only,
+    // and nothing else in this process uses it: it is ours from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(net.tap_fd) };
+    let tap = Tap::open(fd).map_err(|e| VirtioError::Device {
+        device: name.into(),
+        detail: format!("tap-fd={}: {e}", net.tap_fd),
+    })?;
+    Ok(Box::new(Net::new(name.into(), tap, net.mac, exit.clone())))
 }
 
 type BoxedDevice = Box<dyn VirtioDevice + Send>;

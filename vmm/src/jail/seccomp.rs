@@ -132,8 +132,10 @@ const SPAWN: &[libc::c_long] = &[
 /// register reads for error reports, irqfd/ioeventfd on activation; not
 /// for workers) and the fd ones: FIONBIO (std's set_nonblocking, on the
 /// console's accepted client), FIONREAD (the console's bytes waiting) and
-/// TCGETS (isatty).
+/// TCGETS (isatty); and TUNSETOFFLOAD, which virtio-net's activation (on
+/// the vCPU thread) issues on its tap to match the offloads the guest acked.
 const KVM_IOCTL_TYPE: u64 = 0xAE;
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TCGETS: u64 = 0x5401;
 const FIONREAD: u64 = 0x541B;
 const FIONBIO: u64 = 0x5421;
@@ -146,6 +148,10 @@ fn ioctl_rules(kvm: bool) -> Result<Vec<SeccompRule>, seccompiler::BackendError>
         rules.push(SeccompRule::new(vec![request(
             SeccompCmpOp::MaskedEq(0xff00),
             KVM_IOCTL_TYPE << 8,
+        )?])?);
+        rules.push(SeccompRule::new(vec![request(
+            SeccompCmpOp::Eq,
+            TUNSETOFFLOAD,
         )?])?);
     }
     for fd_ioctl in [TCGETS, FIONREAD, FIONBIO] {
@@ -349,7 +355,8 @@ mod tests {
         let worker = rules(ThreadKind::Worker).unwrap();
         // Only the three fd ioctls, no KVM one.
         assert_eq!(worker[&libc::SYS_ioctl].len(), 3);
-        assert_eq!(rules(ThreadKind::Vcpu).unwrap()[&libc::SYS_ioctl].len(), 4);
+        // KVM's, TUNSETOFFLOAD (virtio-net activation) and the fd ones.
+        assert_eq!(rules(ThreadKind::Vcpu).unwrap()[&libc::SYS_ioctl].len(), 5);
         for forbidden in [
             libc::SYS_clone,
             libc::SYS_clone3,

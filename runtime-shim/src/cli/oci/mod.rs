@@ -392,6 +392,10 @@ fn create(
         backend: String::new(),
         owner: owner(),
     };
+    // A network namespace path (CNI): the VM joins it; undone by the
+    // monitor when it ends, or by this guard if the monitor never runs.
+    let network = crate::network::cni::from_spec(&bundle.spec, &args.id)?;
+    let mut network_guard = crate::network::ReleaseGuard(network.release.clone());
     let config = MonitorConfig {
         backend: selected.plan.as_str().to_string(),
         kernel,
@@ -402,7 +406,7 @@ fn create(
         create: husk_protocol::CreateContainer {
             container_id: args.id.clone(),
             init_process: INIT_PROCESS,
-            spec: bundle.spec.clone(),
+            spec: network.spec.clone(),
             layers: vec![LayerDisk {
                 serial,
                 digest: format!("bundle rootfs {}", bundle.rootfs.display()),
@@ -411,12 +415,17 @@ fn create(
             }],
             scratch: None,
             stdin: args.console_socket.is_none(),
+            network: network.agent.clone(),
         },
         stdio,
         state,
         auto_remove: false,
+        nics: network.nics.clone(),
+        network: network.release.clone(),
     };
     let (child, state) = lifecycle::create(&cli.root, &config, cli.log_level())?;
+    // The monitor runs and owns the network now.
+    network_guard.0 = None;
     let after_create = || -> anyhow::Result<()> {
         let creating = state_json(&state, "creating");
         hooks::run(

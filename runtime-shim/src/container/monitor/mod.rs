@@ -68,6 +68,12 @@ pub struct MonitorConfig {
     /// Remove the container (state and name) once it has stopped.
     #[serde(default)]
     pub auto_remove: bool,
+    /// The VM's NICs (taps the monitor opens for the VM program).
+    #[serde(default)]
+    pub nics: Vec<crate::network::NicConfig>,
+    /// The container's network, released when the monitor ends.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkRelease>,
 }
 
 /// A disk as the monitor's configuration file holds it (a relative concat
@@ -114,6 +120,18 @@ pub fn spawn(
     config: &MonitorConfig,
     log_level: &str,
 ) -> Result<(Child, i32), MonitorError> {
+    spawn_with_stdio(dir, config, log_level, [0, 1, 2])
+}
+
+/// [`spawn`], with `stdio` (stdin, stdout, stderr descriptors of the
+/// caller, e.g. the FIFOs containerd hands its shim) as the init's stdio
+/// when the configuration says [`InitStdio::Inherited`].
+pub fn spawn_with_stdio(
+    dir: &StateDir,
+    config: &MonitorConfig,
+    log_level: &str,
+    stdio: [RawFd; 3],
+) -> Result<(Child, i32), MonitorError> {
     let config_path = dir.monitor_config();
     let bytes = serde_json::to_vec_pretty(config).map_err(|e| MonitorError::Config {
         path: config_path.clone(),
@@ -138,7 +156,7 @@ pub fn spawn(
         high
     };
     let inherited: Vec<OwnedFd> = if matches!(config.stdio, InitStdio::Inherited) {
-        [0, 1, 2]
+        stdio
             .iter()
             .map(|&fd| dup_high(fd))
             .collect::<io::Result<_>>()

@@ -36,6 +36,8 @@ struct Monitor {
     procs: HashMap<ProcessId, Proc>,
     exited: HashMap<ProcessId, ExitStatus>,
     waiters: Vec<(ProcessId, UnixStream)>,
+    /// Connections that asked for the container's events (OOM kills).
+    subscribers: Vec<UnixStream>,
     next_process: ProcessId,
     /// Set when the container is done (init exited, VM gone, deleted).
     finished: bool,
@@ -76,6 +78,11 @@ pub(super) fn serve(
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| fail(ready, format!("reading the monitor's configuration: {e}")))?;
+    // From here on every way out releases the container's network.
+    let _network = crate::network::ReleaseGuard(config.network.clone());
+    if let Some(network) = &config.network {
+        network.adopt(std::process::id());
+    }
     let plan = Plan::parse(&config.backend)
         .ok_or_else(|| fail(ready, format!("unknown backend {:?}", config.backend)))?;
     let backend = select::backend_for(plan).map_err(|e| fail(ready, e.to_string()))?;
@@ -101,6 +108,7 @@ pub(super) fn serve(
         vcpus: config.vcpus.max(1),
         memory_mib: config.memory_mib,
         cmdline_extra: Vec::new(),
+        nics: config.nics.clone(),
     };
     let started = Instant::now();
     let mut inst = Instance::boot(
@@ -176,6 +184,7 @@ pub(super) fn serve(
         procs: HashMap::from([(INIT_PROCESS, init)]),
         exited: HashMap::new(),
         waiters: Vec::new(),
+        subscribers: Vec::new(),
         next_process: INIT_PROCESS + 1,
         finished: false,
         ptys,
@@ -325,6 +334,12 @@ impl Monitor {
                 }
                 Frame::Event(Event::ProcessExited { process, status }) => {
                     self.process_exited(process, status);
+                }
+                Frame::Event(Event::OomKilled { kills }) => {
+                    tracing::warn!(kills, "the container's cgroup had an OOM kill");
+                    let reply = ControlReply::Oom { kills };
+                    self.subscribers
+                        .retain(|stream| control::try_answer(stream, &reply));
                 }
                 Frame::Response {
                     id,
@@ -551,6 +566,19 @@ impl Monitor {
                 check(Op::Stats)?;
                 let stats = self.inst.stats().map_err(|e| e.to_string())?;
                 Ok(Some(ControlReply::Stats(stats)))
+            }
+            ControlRequest::Events => {
+                if let Ok(kept) = stream.try_clone() {
+                    self.subscribers.push(kept);
+                }
+                Ok(None)
+            }
+            ControlRequest::Update { resources } => {
+                check(Op::Update)?;
+                self.inst
+                    .update(*resources)
+                    .map_err(|e| format!("updating the container's limits: {e}"))?;
+                Ok(Some(ControlReply::Ok))
             }
             ControlRequest::Pause => {
                 let next = check(Op::Pause)?;

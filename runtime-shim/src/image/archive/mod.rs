@@ -348,7 +348,7 @@ pub fn plans(
     limits: &Limits,
 ) -> Result<Vec<ImagePlan>, ArchiveError> {
     let plans = if source.has("oci-layout") && source.has("index.json") {
-        oci::plans(source, limits)?
+        oci::plans(source, label, limits)?
     } else if source.has("manifest.json") {
         docker::plans(source, limits)?
     } else {

@@ -15,7 +15,13 @@ const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 /// The OCI name annotation: a full reference, or just a tag.
 const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-pub fn plans(source: &Source, limits: &Limits) -> Result<Vec<ImagePlan>, ArchiveError> {
+/// `label` is the archive's path: a bare-tag `ref.name` names the image
+/// after it (`busybox.tar` with `1.36` is `busybox:1.36`).
+pub fn plans(
+    source: &Source,
+    label: &str,
+    limits: &Limits,
+) -> Result<Vec<ImagePlan>, ArchiveError> {
     let layout = source.read_small("oci-layout", 4096)?;
     let layout: serde_json::Value =
         serde_json::from_slice(&layout).map_err(|source| ArchiveError::Json {
@@ -39,7 +45,7 @@ pub fn plans(source: &Source, limits: &Limits) -> Result<Vec<ImagePlan>, Archive
         })?;
     let mut plans: Vec<ImagePlan> = Vec::new();
     for descriptor in index.manifests() {
-        let names = names_of(descriptor);
+        let names = names_of(descriptor, label);
         let plan = image_from_descriptor(source, descriptor, names, limits, 0)?;
         // The same image listed twice (two tags) is one image with both names.
         match plans.iter_mut().find(|p| p.id == plan.id) {
@@ -50,20 +56,34 @@ pub fn plans(source: &Source, limits: &Limits) -> Result<Vec<ImagePlan>, Archive
     Ok(plans)
 }
 
-fn names_of(descriptor: &Descriptor) -> Vec<String> {
+fn names_of(descriptor: &Descriptor, label: &str) -> Vec<String> {
     let empty = HashMap::new();
     let annotations = descriptor.annotations().as_ref().unwrap_or(&empty);
-    let candidate = annotations.get(ANNOTATION_IMAGE_NAME).or_else(|| {
-        // A bare tag ("latest") names no repository: the image is untagged
-        // unless `--tag` names it.
+    let full = annotations.get(ANNOTATION_IMAGE_NAME).or_else(|| {
         annotations
             .get(ANNOTATION_REF_NAME)
             .filter(|r| r.contains(':') || r.contains('/'))
     });
-    candidate
-        .and_then(|name| reference::normalize(name).ok())
-        .into_iter()
-        .collect()
+    let name = match full {
+        Some(name) => reference::normalize(name).ok(),
+        // A bare tag ("latest", as skopeo's `oci:DIR:TAG` writes) names no
+        // repository: the archive's own name is used, as its file name
+        // usually is the image's.
+        None => annotations.get(ANNOTATION_REF_NAME).and_then(|tag| {
+            reference::normalize(&format!("{}:{tag}", repository_from_path(label)?)).ok()
+        }),
+    };
+    name.into_iter().collect()
+}
+
+/// `/x/busybox.oci.tar` → `busybox`; None when the name is no repository.
+fn repository_from_path(path: &str) -> Option<String> {
+    let file = std::path::Path::new(path.trim_end_matches('/'))
+        .file_name()?
+        .to_str()?;
+    let stem = file.split('.').next()?.to_ascii_lowercase();
+    reference::normalize(&stem).ok()?;
+    Some(stem)
 }
 
 fn descriptor_digest(descriptor: &Descriptor, what: &str) -> Result<Digest, ArchiveError> {
@@ -182,5 +202,36 @@ pub fn host_architecture() -> &'static str {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(annotations: serde_json::Value) -> Descriptor {
+        serde_json::from_value(serde_json::json!({
+            "mediaType": media::OCI_MANIFEST,
+            "digest": format!("sha256:{}", "a".repeat(64)),
+            "size": 1,
+            "annotations": annotations,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn names_from_annotations_and_archive_name() {
+        let full = descriptor(serde_json::json!({ANNOTATION_REF_NAME: "docker.io/library/x:1"}));
+        assert_eq!(names_of(&full, "/tmp/whatever.tar"), ["x:1"]);
+        let containerd = descriptor(serde_json::json!({
+            ANNOTATION_IMAGE_NAME: "reg:5000/app:2", ANNOTATION_REF_NAME: "2"}));
+        assert_eq!(names_of(&containerd, "a.tar"), ["reg:5000/app:2"]);
+        let bare = descriptor(serde_json::json!({ANNOTATION_REF_NAME: "1.36"}));
+        assert_eq!(names_of(&bare, "/images/BusyBox.oci.tar"), ["busybox:1.36"]);
+        assert_eq!(names_of(&bare, "/images/layout/"), ["layout:1.36"]);
+        assert!(names_of(&bare, "/images/@@@.tar").is_empty());
+        let bad_tag = descriptor(serde_json::json!({ANNOTATION_REF_NAME: "no good"}));
+        assert!(names_of(&bad_tag, "x.tar").is_empty());
+        assert!(names_of(&descriptor(serde_json::json!({})), "x.tar").is_empty());
     }
 }

@@ -47,6 +47,7 @@ mod device;
 pub mod fuzz_support;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
 mod worker;
