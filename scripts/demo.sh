@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The demo: set-up, the host verdict, then a container in its own microVM.
+# The README's demo: set-up (packages, guest kernel, agent), then husk is
+# installed (scripts/install.sh: release builds into $HUSK_PREFIX, default
+# /usr/local, the kernel and agent into $HUSK_PREFIX/lib/husk) and the
+# installed husk, with no HUSK_* variables, imports a busybox image and runs
+# a container in a microVM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# shellcheck source=/dev/null
 source target/husk.env
-export HUSK_STORE="${HUSK_STORE:-/var/lib/husk}"
+prefix=${HUSK_PREFIX:-/usr/local}
+scripts/install.sh --prefix "$prefix" --kernel "$HUSK_KERNEL" --agent "$HUSK_AGENT"
 
-husk check || true
 archive=target/busybox.tar
-husk-fixtures busybox --format docker --out "$archive" --tag busybox:latest
-husk image import "$archive"
-husk run --rm busybox echo hello from a microVM
+target/debug/husk-fixtures busybox --format docker --out "$archive" --tag busybox:latest
+# The installed husk finds its kernel and agent itself.
+run() { env -u HUSK_KERNEL -u HUSK_AGENT -u HUSK_VMM "$prefix/bin/husk" "$@"; }
+run check || true
+run image import "$archive"
+run run --rm busybox echo hello from a microVM
