@@ -60,6 +60,7 @@ if [[ ${1:-} == --inside ]]; then
 		start=$SECONDS
 		if "$bin" --test-threads=2 --nocapture "$@"; then
 			printf '==> [test bed] %s passed in %d s\n' "$name" $((SECONDS - start)) >&2
+			printf 'testbed-passed: %s\n' "$bin"
 		else
 			printf '==> [test bed] %s FAILED after %d s\n' "$name" $((SECONDS - start)) >&2
 			failed+=("$name")
@@ -116,13 +117,55 @@ fi
 export HUSK_KERNEL HUSK_AGENT HUSK_VMM
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-set +e
-"$root/tests/kvm-testbed/testbed.sh" run --timeout "${HUSK_TESTBED_TIMEOUT:-1500}" \
-	-- "$root/tests/kvm-testbed/suite.sh" --inside "${bins[@]}" -- "$@" | tee "$log"
-status=${PIPESTATUS[0]}
-set -e
-if [[ -n ${HUSK_SKIP_LOG:-} ]]; then
-	sed -n 's/^testbed-skip: /[test bed] /p' "$log" >>"$HUSK_SKIP_LOG"
+pidfile=$(mktemp)
+lockup=$pidfile.lockup
+trap 'rm -f "$log" "$pidfile" "$lockup"' EXIT
+
+# L1 sometimes wedges under TCG (the kernel's "soft lockup" watchdog fires
+# and nothing progresses until the bed's timeout). A lockup of a minute or
+# more stops that boot of the bed; the binaries that had not passed run
+# once more in a fresh boot, and the run says so.
+watch_lockups() {
+	local line stuck
+	while IFS= read -r line; do
+		printf '%s\n' "$line"
+		if [[ $line =~ soft\ lockup\ -\ CPU#[0-9]+\ stuck\ for\ ([0-9]+)s ]]; then
+			stuck=${BASH_REMATCH[1]}
+			if ((stuck >= 60)) && [[ -s $pidfile ]]; then
+				echo "suite: L1 soft lockup (${stuck} s): stopping this boot of the bed" >&2
+				touch "$lockup"
+				kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+				: >"$pidfile"
+			fi
+		fi
+	done
+}
+
+run_bed() {
+	: >"$log"
+	set +e
+	"$root/tests/kvm-testbed/testbed.sh" run --timeout "${HUSK_TESTBED_TIMEOUT:-1500}" \
+		-- "$root/tests/kvm-testbed/suite.sh" --inside "$@" -- "${extra[@]}" \
+		> >(tee "$log") 2> >(watch_lockups >&2) &
+	echo $! >"$pidfile"
+	wait $!
+	status=$?
+	set -e
+	: >"$pidfile"
+	if [[ -n ${HUSK_SKIP_LOG:-} ]]; then
+		sed -n 's/^testbed-skip: /[test bed] /p' "$log" >>"$HUSK_SKIP_LOG"
+	fi
+}
+
+extra=("$@")
+run_bed "${bins[@]}"
+if ((status != 0)) && [[ -e $lockup ]]; then
+	rm -f "$lockup"
+	left=()
+	for bin in "${bins[@]}"; do
+		grep -qxF "testbed-passed: $bin" "$log" || left+=("$bin")
+	done
+	echo "suite: the bed wedged (status $status); running again once: ${left[*]##*/}" >&2
+	run_bed "${left[@]}"
 fi
 exit "$status"
