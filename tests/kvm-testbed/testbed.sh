@@ -10,13 +10,16 @@
 #       cached under ${HUSK_CACHE:-~/.cache/husk}/testbed/<key>. Prints
 #       that directory on the last line of stdout.
 #
-#   testbed.sh run [--timeout SECS] [--smp N] [--mem MIB] [--env NAME]... -- CMD [ARGS...]
+#   testbed.sh run [--timeout SECS] [--stall SECS] [--smp N] [--mem MIB] [--env NAME]... -- CMD [ARGS...]
 #       Boots L1 (preparing first if needed) and runs CMD there, chrooted
 #       into the host's root, in the current directory, with PATH, HOME, CI,
 #       RUST_BACKTRACE, HUSK_* (not HUSK_TESTBED_*) and the --env variables
 #       of the caller. CMD's stdout and stderr stream to ours. Exits with
 #       CMD's status, 124 on the timeout (default 1800 s), 125 when the bed
-#       itself failed (with a "testbed:" message saying why).
+#       itself failed (with a "testbed:" message saying why). With --stall,
+#       a bed that prints nothing for SECS, or whose kernel reports a soft
+#       lockup of a minute, is stopped (after printing where its CPUs are)
+#       and the run exits 124 with the result "stalled REASON".
 #
 # Both need root. Messages of the bed itself start with "testbed:" on stderr.
 # HUSK_TESTBED_APPEND adds to L1's kernel command line (e.g. loglevel=7 to
@@ -177,7 +180,12 @@ seconds_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 run_tmp=""
 qemu_pid=""
 cat_pids=()
+watchdog_pid=""
 cleanup() {
+	if [[ -n $watchdog_pid ]]; then
+		kill "$watchdog_pid" 2>/dev/null || true
+		wait "$watchdog_pid" 2>/dev/null || true
+	fi
 	if [[ -n $qemu_pid ]] && kill -0 "$qemu_pid" 2>/dev/null; then
 		kill -TERM "$qemu_pid" 2>/dev/null || true
 		wait "$qemu_pid" 2>/dev/null || true
@@ -203,13 +211,78 @@ release_fifos() {
 	done
 }
 
+# Copies a serial channel line by line, touching $run_tmp/alive for each
+# line (the stall watchdog's clock) and flagging a long soft lockup that
+# L1's kernel reports (L1 sometimes wedges under TCG; nothing progresses
+# after that).
+copy_serial() {
+	local line
+	while IFS= read -r line || [[ -n $line ]]; do
+		printf '%s\n' "$line"
+		: >"$run_tmp/alive"
+		if [[ $line =~ soft\ lockup\ -\ CPU#[0-9]+\ stuck\ for\ ([0-9]+)s ]] &&
+			((BASH_REMATCH[1] >= 60)); then
+			printf 'L1 soft lockup (%s s)\n' "${BASH_REMATCH[1]}" >"$run_tmp/stall-reason"
+		fi
+	done
+}
+
+# Asks QEMU's monitor one command and prints its answer.
+monitor_ask() {
+	python3 - "$run_tmp/monitor.sock" "$1" <<'PY' 2>&1 || true
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+def until_prompt():
+    data = b""
+    while not data.endswith(b"(qemu) "):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+until_prompt()
+s.sendall(sys.argv[2].encode() + b"\n")
+out = until_prompt()
+print("\n".join(l for l in out.splitlines()[1:] if not l.startswith("(qemu)")))
+PY
+}
+
+# The stall watchdog: stops QEMU when L1 printed nothing for $1 seconds or
+# reported a long soft lockup, after printing where each vCPU is (a wedge
+# inside L2 shows as a guest-mode RIP; one in L1's kernel as a kernel one).
+watch_stall() {
+	local stall=$1 age reason
+	while kill -0 "$qemu_pid" 2>/dev/null; do
+		reason=""
+		if [[ -s $run_tmp/stall-reason ]]; then
+			reason=$(cat "$run_tmp/stall-reason")
+		else
+			age=$(($(date +%s) - $(stat -c %Y "$run_tmp/alive")))
+			((age < stall)) || reason="no output from L1 for $age s"
+		fi
+		if [[ -n $reason ]]; then
+			say "stalled: $reason; where L1's vCPUs are:"
+			monitor_ask "info cpus" | sed 's/^/testbed:   /' >&2
+			monitor_ask "info registers -a" |
+				grep -E '^(CPU#|RIP|CS |CR0|EFER)' | sed 's/^/testbed:   /' >&2
+			printf '%s\n' "$reason" >"$run_tmp/stalled"
+			kill -TERM "$qemu_pid" 2>/dev/null || true
+			return 0
+		fi
+		sleep 5
+	done
+}
+
 cmd_run() {
-	local timeout=1800 smp=2 mem=4096 names=(PATH HOME CI RUST_BACKTRACE) name cwd io
+	local timeout=1800 stall=0 smp=2 mem=4096 names=(PATH HOME CI RUST_BACKTRACE) name cwd io
 	local start started_at ended_at rc status kind rest
 	die_code=125
 	while (($#)); do
 		case $1 in
 		--timeout) timeout=${2:?--timeout needs SECS}; shift 2 ;;
+		--stall) stall=${2:?--stall needs SECS}; shift 2 ;;
 		--smp) smp=${2:?--smp needs N}; shift 2 ;;
 		--mem) mem=${2:?--mem needs MIB}; shift 2 ;;
 		--env) names+=("${2:?--env needs NAME}"); shift 2 ;;
@@ -218,6 +291,7 @@ cmd_run() {
 		esac
 	done
 	(($#)) || usage
+	[[ $stall =~ ^[0-9]+$ ]] || die "--stall wants a number of seconds, not '$stall'"
 	for name in timeout smp mem; do
 		[[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "--$name wants a positive integer, not '${!name}'"
 	done
@@ -267,9 +341,10 @@ cmd_run() {
 	} >"$io/cmd.sh"
 
 	mkfifo "$run_tmp/stdout.fifo" "$run_tmp/console.fifo"
-	cat "$run_tmp/stdout.fifo" &
+	: >"$run_tmp/alive"
+	copy_serial <"$run_tmp/stdout.fifo" &
 	cat_pids+=($!)
-	cat "$run_tmp/console.fifo" >&2 &
+	copy_serial <"$run_tmp/console.fifo" >&2 &
 	cat_pids+=($!)
 
 	local kernel=$cache/vmlinuz
@@ -285,15 +360,25 @@ cmd_run() {
 		-device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot
 		-fsdev "local,id=io,path=$io,security_model=none"
 		-device virtio-9p-pci,fsdev=io,mount_tag=io
+		-monitor "unix:$run_tmp/monitor.sock,server=on,wait=off"
 	)
 	start=$(now)
 	# --foreground keeps QEMU in our process group, so whoever kills that
 	# group kills QEMU too; --kill-after covers a QEMU that ignores TERM.
 	timeout --foreground --kill-after=10 "$timeout" "${qemu[@]}" </dev/null >&2 &
 	qemu_pid=$!
+	if ((stall > 0)); then
+		watch_stall "$stall" &
+		watchdog_pid=$!
+	fi
 	rc=0
 	wait "$qemu_pid" || rc=$?
 	qemu_pid=""
+	if [[ -n $watchdog_pid ]]; then
+		kill "$watchdog_pid" 2>/dev/null || true
+		wait "$watchdog_pid" 2>/dev/null || true
+		watchdog_pid=""
+	fi
 	ended_at=$(now)
 	release_fifos
 	wait "${cat_pids[@]}" 2>/dev/null || true
@@ -303,6 +388,11 @@ cmd_run() {
 		started_at=$(stat -c %.9Y "$io/started")
 		say "L1 boot to command start $(seconds_between "$start" "$started_at") s," \
 			"command $(seconds_between "$started_at" "$ended_at") s, whole run $(seconds_between "$start" "$ended_at") s"
+	fi
+	if [[ -s $run_tmp/stalled ]]; then
+		say "stopped the stalled bed ($(cat "$run_tmp/stalled"))"
+		result "stalled $(cat "$run_tmp/stalled")"
+		exit 124
 	fi
 	if ((rc == 124 || rc == 137)) && awk -v a="$start" -v b="$ended_at" -v t="$timeout" 'BEGIN { exit !(b - a >= t) }'; then
 		[[ ! -f $io/status ]] || say "(the command had ended ($(cat "$io/status")), but something kept L1 up)"
