@@ -70,13 +70,16 @@ put("virtio_mmio", "driver_init", init)
 # input byte is the read size minus one.
 def frame(kind, stream, ident, payload):
     return struct.pack(">HBBII", 0x484B, kind, stream, ident, len(payload)) + payload
-hello = frame(1, 0, 0, json.dumps({"protocol_version": 1, "agent_version": "0.1.0"}).encode())
+hello = frame(1, 0, 0, json.dumps({"protocol_version": 2, "agent_version": "0.1.0"}).encode())
 data = frame(5, 2, 1, b"hello, world\n") + frame(6, 1, 1, struct.pack(">I", 4096)) + frame(7, 3, 1, b"")
 response = frame(3, 0, 7, json.dumps({"error": {"step": "mount", "message": "EPERM"}}).encode())
 event = frame(4, 0, 0, json.dumps({"process_exited": {"process": 1, "status": {"code": 0, "signal": None}}}).encode())
 put("agent_frames", "hello_then_data", b"\x07" + hello + data)
 put("agent_frames", "response_event", b"\xff" + response + event)
 put("agent_frames", "bytewise", b"\x00" + hello + data)
+remove = frame(2, 0, 9, json.dumps({"remove_container": {"container": "member-1"}}).encode())
+start = frame(2, 0, 10, json.dumps({"start": {"container": "member-1"}}).encode())
+put("agent_frames", "pod_requests", b"\x1f" + remove + start)
 
 # Layer tars.
 def tar(members):

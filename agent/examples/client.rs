@@ -183,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             .map(|serial| husk_agent::protocol::ScratchDisk { serial }),
         stdin: options.stdin,
         network: None,
+        sandbox: None,
     };
     let mut pending_start = Some(request(
         &mut writer,
@@ -240,7 +241,7 @@ fn main() -> anyhow::Result<()> {
                 Response::Ok(Reply::Created { pid }) => {
                     eprintln!("[client] created, guest pid {pid}");
                     let _ = pending_start.take();
-                    request(&mut writer, Request::Start)?;
+                    request(&mut writer, Request::Start { container: None })?;
                 }
                 Response::Ok(Reply::Done) if !started => {
                     started = true;
@@ -269,6 +270,7 @@ fn main() -> anyhow::Result<()> {
                         request(
                             &mut writer,
                             Request::Exec(Box::new(ExecProcess {
+                                container: None,
                                 process: EXEC,
                                 spec: process,
                                 stdin: false,
@@ -322,7 +324,7 @@ fn main() -> anyhow::Result<()> {
             other => eprintln!("[client] {other:?}"),
         }
         if let (Some(status), true) = (init_status, exec_done) {
-            request(&mut writer, Request::Stats)?;
+            request(&mut writer, Request::Stats { container: None })?;
             request(&mut writer, Request::Shutdown)?;
             // Print the remaining replies (stats, shutdown) until the VM goes.
             while let Ok(Ok(frame)) = frames.recv_timeout(Duration::from_secs(10)) {

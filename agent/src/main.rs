@@ -19,6 +19,7 @@ mod init;
 mod loopdev;
 mod network;
 mod oom;
+mod pod;
 mod rootfs;
 mod server;
 

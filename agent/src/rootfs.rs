@@ -162,6 +162,18 @@ fn assemble_into(
     // mount points need short paths, so they go under /run/l/<n>/<index>
     // rather than under the container's own directory.
     let layers_dir = short_layers_dir();
+    // A pod's layer-disk slot may have held another container's layers
+    // before: drop whatever the guest cached of it (nothing else holds it
+    // open now: the last member's mounts are gone) before reading it anew.
+    let mut flushed = std::collections::HashSet::new();
+    for layer in layers {
+        if flushed.insert(layer.serial.as_str()) {
+            let disk = device_for(&disks, &layer.serial, &format!("layer {}", layer.digest))?;
+            flush_buffers(&disk).map_err(|err| {
+                StepError::new(format!("flush the cache of {}", disk.display()), err)
+            })?;
+        }
+    }
     let mut lowers = Vec::new();
     for (index, layer) in layers.iter().enumerate() {
         let disk = device_for(&disks, &layer.serial, &format!("layer {}", layer.digest))?;
@@ -252,6 +264,21 @@ fn assemble_into(
     .map_err(|err| StepError::new("mount overlay rootfs", err))?;
     mounts.push(rootfs.clone());
     Ok(rootfs)
+}
+
+/// BLKFLSBUF (`_IO(0x12, 97)`): write back and drop a block device's
+/// cached pages.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+
+fn flush_buffers(disk: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(disk)?;
+    // SAFETY: BLKFLSBUF takes no argument; the descriptor is open.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKFLSBUF as _, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

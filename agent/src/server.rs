@@ -23,10 +23,13 @@ use crate::channel::Channel;
 use crate::container::{process::exit_status, stdio::resize, stdio::ParentStdio, Container};
 use crate::error::StepError;
 use crate::oom::OomWatch;
+use crate::pod::Containers;
 
 /// After a process exits, how long its output may still drain before the
 /// exit is reported anyway (a background child may hold the pipe open).
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+/// How long a removed pod member's processes may take to die.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the loop ended.
 pub enum Outcome {
@@ -57,6 +60,8 @@ struct OutputSource {
 }
 
 struct ProcessEntry {
+    /// The container it runs in.
+    container: String,
     pid: Pid,
     stdin: Option<StdinSink>,
     outputs: Vec<OutputSource>,
@@ -66,7 +71,7 @@ struct ProcessEntry {
 }
 
 impl ProcessEntry {
-    fn new(pid: Pid, stdio: ParentStdio) -> Self {
+    fn new(container: &str, pid: Pid, stdio: ParentStdio) -> Self {
         let mut outputs = vec![OutputSource {
             stream: Stream::Stdout,
             fd: stdio.stdout,
@@ -80,6 +85,7 @@ impl ProcessEntry {
             });
         }
         Self {
+            container: container.to_owned(),
             pid,
             stdin: stdio.stdin.map(|fd| StdinSink {
                 fd,
@@ -102,15 +108,18 @@ enum Watch {
     Children,
     Output(ProcessId, usize),
     Stdin(ProcessId),
-    Oom,
+    /// The OOM watch at this index of `Server::ooms`.
+    Oom(usize),
 }
 
 pub struct Server {
     channel: Channel,
     sigchld: SignalFd,
-    container: Option<Container>,
-    /// OOM kills in the container's cgroup, reported as events.
-    oom: Option<OomWatch>,
+    /// One container, or a pod's sandbox and its members.
+    containers: Containers<Container>,
+    /// OOM kills in each container's cgroup (by container id), reported as
+    /// events.
+    ooms: Vec<(String, OomWatch)>,
     processes: HashMap<ProcessId, ProcessEntry>,
     waits: Vec<(RequestId, ProcessId)>,
 }
@@ -129,8 +138,8 @@ impl Server {
         Ok(Self {
             channel,
             sigchld,
-            container: None,
-            oom: None,
+            containers: Containers::default(),
+            ooms: Vec::new(),
             processes: HashMap::new(),
             waits: Vec::new(),
         })
@@ -164,7 +173,7 @@ impl Server {
                     Watch::Children => self.reap()?,
                     Watch::Output(process, index) => self.pump_output(process, index)?,
                     Watch::Stdin(process) => self.pump_stdin(process)?,
-                    Watch::Oom => self.report_oom()?,
+                    Watch::Oom(index) => self.report_oom(index)?,
                 }
             }
             self.report_exits()?;
@@ -177,8 +186,8 @@ impl Server {
             PollFd::new(self.channel.fd(), PollFlags::POLLIN),
             PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
         ];
-        if let Some(oom) = &self.oom {
-            watches.push(Watch::Oom);
+        for (index, (_, oom)) in self.ooms.iter().enumerate() {
+            watches.push(Watch::Oom(index));
             fds.push(PollFd::new(oom.fd(), PollFlags::POLLIN));
         }
         let mut draining = false;
@@ -286,26 +295,29 @@ impl Server {
     ) -> Result<Option<Outcome>, ServerError> {
         let response = match request {
             Request::CreateContainer(create) => self.create(&create),
-            Request::Start => match self.container.as_mut() {
-                Some(container) => match container.start() {
+            Request::Start { container } => {
+                match self
+                    .containers
+                    .get_mut(container.as_deref(), "start")
+                    .and_then(Container::start)
+                {
                     Ok(()) => Response::Ok(Reply::Done),
                     Err(err) => error_response(err),
-                },
-                None => error_response(StepError::new("start", "no container")),
-            },
-            Request::Exec(exec) => match self.container.as_ref() {
+                }
+            }
+            Request::Exec(exec) => match self.containers.get(exec.container.as_deref(), "exec") {
                 _ if self.processes.contains_key(&exec.process) => {
                     error_response(StepError::new("exec", "process id already in use"))
                 }
-                Some(container) => match container.exec(&exec) {
+                Ok(container) => match container.exec(&exec) {
                     Ok((pid, stdio)) => {
-                        self.processes
-                            .insert(exec.process, ProcessEntry::new(pid, stdio));
+                        let entry = ProcessEntry::new(&container.id, pid, stdio);
+                        self.processes.insert(exec.process, entry);
                         Response::Ok(Reply::Started { pid: pid.as_raw() })
                     }
                     Err(err) => error_response(err),
                 },
-                None => error_response(StepError::new("exec", "no container")),
+                Err(err) => error_response(err),
             },
             Request::Signal { process, signal } => match self.processes.get(&process) {
                 Some(entry) if entry.exit.is_none() => {
@@ -327,16 +339,25 @@ impl Server {
                 },
                 None => error_response(StepError::new("wait", format!("no process {process}"))),
             },
-            Request::Stats => match self.container.as_ref() {
-                Some(container) => Response::Ok(Reply::Stats(container.stats())),
-                None => error_response(StepError::new("stats", "no container")),
-            },
-            Request::Update { resources } => match self.container.as_ref() {
-                Some(container) => match container.update(&resources) {
+            Request::Stats { container } => {
+                match self.containers.get(container.as_deref(), "stats") {
+                    Ok(container) => Response::Ok(Reply::Stats(container.stats())),
+                    Err(err) => error_response(err),
+                }
+            }
+            Request::Update {
+                container,
+                resources,
+            } => match self.containers.get(container.as_deref(), "update") {
+                Ok(container) => match container.update(&resources) {
                     Ok(()) => Response::Ok(Reply::Done),
                     Err(err) => error_response(StepError::new("update cgroup limits", err)),
                 },
-                None => error_response(StepError::new("update", "no container")),
+                Err(err) => error_response(err),
+            },
+            Request::RemoveContainer { container } => match self.remove(&container) {
+                Ok(()) => Response::Ok(Reply::Done),
+                Err(err) => error_response(err),
             },
             Request::CloseStdin { process } => {
                 self.close_stdin(process);
@@ -368,19 +389,33 @@ impl Server {
     }
 
     fn create(&mut self, create: &CreateContainer) -> Response {
-        if self.container.is_some() {
-            return error_response(StepError::new("create", "a container already exists"));
+        if let Err(err) = self
+            .containers
+            .check_create(&create.container_id, create.sandbox.as_deref())
+        {
+            return error_response(err);
         }
+        // A member joins its sandbox's namespaces through the sandbox's
+        // init process (alive while the sandbox is).
+        let sandbox_init = match create.sandbox.as_deref() {
+            Some(sandbox) => match self.containers.get(Some(sandbox), "create") {
+                Ok(sandbox) => Some(sandbox.init_pid),
+                Err(err) => return error_response(err),
+            },
+            None => None,
+        };
         let Entry::Vacant(slot) = self.processes.entry(create.init_process) else {
             return error_response(StepError::new("create", "process id already in use"));
         };
-        match Container::create(create) {
+        match Container::create(create, sandbox_init) {
             Ok((container, stdio)) => {
                 let pid = container.init_pid;
                 tracing::info!(container = %container.id, %pid, "created");
-                slot.insert(ProcessEntry::new(pid, stdio));
-                self.oom = OomWatch::new(container.cgroup());
-                self.container = Some(container);
+                slot.insert(ProcessEntry::new(&container.id, pid, stdio));
+                if let Some(watch) = OomWatch::new(container.cgroup()) {
+                    self.ooms.push((container.id.clone(), watch));
+                }
+                self.containers.insert(container.id.clone(), container);
                 Response::Ok(Reply::Created { pid: pid.as_raw() })
             }
             Err(err) => {
@@ -480,12 +515,71 @@ impl Server {
     }
 
     /// Reports exits whose output has drained (or whose grace ran out).
-    /// Tells the host of new OOM kills in the container.
-    fn report_oom(&mut self) -> Result<(), ServerError> {
-        if let Some(kills) = self.oom.as_mut().and_then(OomWatch::check) {
+    /// Tells the host of new OOM kills in container `index` of the watches.
+    fn report_oom(&mut self, index: usize) -> Result<(), ServerError> {
+        let Some((id, watch)) = self.ooms.get_mut(index) else {
+            return Ok(());
+        };
+        if let Some(kills) = watch.check() {
+            let container = Some(id.clone());
             self.channel
-                .send(&Frame::Event(Event::OomKilled { kills }))?;
+                .send(&Frame::Event(Event::OomKilled { kills, container }))?;
         }
+        Ok(())
+    }
+
+    /// Removes a pod member: SIGKILL to its processes (its init's death
+    /// ends its PID namespace), reaped within a deadline, then its mounts
+    /// and cgroup go. Its exits are reported as usual first.
+    fn remove(&mut self, id: &str) -> Result<(), StepError> {
+        self.containers.check_member(id)?;
+        let pids: Vec<Pid> = self
+            .processes
+            .values()
+            .filter(|entry| entry.container == id && entry.exit.is_none())
+            .map(|entry| entry.pid)
+            .collect();
+        for pid in &pids {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+        let cgroup = self.containers.get(Some(id), "remove container")?.cgroup().to_owned();
+        // Everything in its cgroup (also processes that left the PID
+        // namespace's tree) must be gone before its mounts can go.
+        let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + REMOVE_TIMEOUT;
+        loop {
+            self.reap().map_err(|err| StepError::new("remove container", err))?;
+            let alive = self
+                .processes
+                .values()
+                .any(|entry| entry.container == id && entry.exit.is_none());
+            let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+            if !alive && procs.trim().is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(StepError::new(
+                    "remove container",
+                    format!("its processes did not end within {}s", REMOVE_TIMEOUT.as_secs()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The host gets every exit before the reply (its output may be cut).
+        for entry in self.processes.values_mut() {
+            if entry.container == id && entry.exit.is_some() {
+                entry.outputs.clear();
+            }
+        }
+        self.report_exits()
+            .map_err(|err| StepError::new("remove container", err))?;
+        self.processes.retain(|_, entry| entry.container != id);
+        self.waits
+            .retain(|(_, process)| self.processes.contains_key(process));
+        self.ooms.retain(|(owner, _)| owner != id);
+        let container = self.containers.remove_member(id)?;
+        container.unmount();
+        tracing::info!(container = %id, "removed");
         Ok(())
     }
 
@@ -507,7 +601,9 @@ impl Server {
             done.push((*id, status, std::mem::take(&mut entry.outputs)));
         }
         if !done.is_empty() {
-            self.report_oom()?;
+            for index in 0..self.ooms.len() {
+                self.report_oom(index)?;
+            }
         }
         for (process, status, leftover) in done {
             // Outputs still open after the grace: end them for the host.
@@ -550,7 +646,7 @@ impl Server {
             }
         }
         nix::unistd::sync();
-        if let Some(container) = &self.container {
+        for container in self.containers.values() {
             container.unmount();
         }
     }

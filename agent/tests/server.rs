@@ -125,8 +125,8 @@ fn requests_without_a_container_get_step_errors() {
     let mut agent = Agent::spawn();
     hello(&agent);
     for (id, request, step) in [
-        (1, Request::Start, "start"),
-        (2, Request::Stats, "stats"),
+        (1, Request::Start { container: None }, "start"),
+        (2, Request::Stats { container: None }, "stats"),
         (
             3,
             Request::Signal {
@@ -165,6 +165,7 @@ fn a_bad_container_id_is_rejected_before_touching_anything() {
         scratch: None,
         stdin: false,
         network: None,
+        sandbox: None,
     };
     match agent.request(1, Request::CreateContainer(Box::new(create))) {
         Response::Error(err) => assert_eq!(err.step, "container id", "{err}"),

@@ -411,7 +411,14 @@ mod tests {
                     }),
                     stdin: true,
                     network: None,
+                    sandbox: Some("pod".into()),
                 })),
+            },
+            Frame::Request {
+                id: 9,
+                request: Request::RemoveContainer {
+                    container: "member".into(),
+                },
             },
             Frame::Request {
                 id: 8,

@@ -8,7 +8,7 @@
 //!
 //! # Handshake
 //! When ready to serve, the agent sends a `Hello` frame
-//! (`{"protocol_version":1,"agent_version":"0.1.0"}`). The host reads it
+//! (`{"protocol_version":2,"agent_version":"0.1.0"}`). The host reads it
 //! first ([`expect_hello`]) and gives up on any other frame or version.
 //! The host sends nothing before the Hello. The agent sends Hello once, as
 //! soon as it has booted: the host must already be connected to the
@@ -51,6 +51,13 @@
 //! stdio Data/Credit/Eof both ways ; Event::ProcessExited ← (after the
 //! process's stdout/stderr Eof) ; Shutdown → Done ; the VM powers off.
 //!
+//! A pod's VM runs several containers: the first one created (the pod's
+//! sandbox) is the default of every request that names a container
+//! (`None`); a member is created with `CreateContainer.sandbox` set, named
+//! in `Start`, `Exec`, `Stats` and `Update`, and removed with
+//! `RemoveContainer` (its layer disk is free again once that replies).
+//! Process ids stay unique within the VM, across containers.
+//!
 //! If the agent cannot go on (garbled channel, credit violation, channel
 //! closed) it sends `Event::Fatal { message }` if it still can and powers
 //! the VM off.
@@ -88,4 +95,6 @@ pub use messages::{
 /// Bumped on any incompatible change to framing or messages.
 pub use network::NetworkConfig;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: requests name their container (several per VM: a pod),
+/// `RemoveContainer`, `CreateContainer.sandbox`.
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -31,10 +31,14 @@ pub enum Request {
     /// process (namespaces, cgroup, mounts, credentials), stopped before
     /// exec until `Start`. Reply: `Created`.
     CreateContainer(Box<CreateContainer>),
-    /// Let the init process exec its command. Reply: `Done`, or an Error
-    /// naming the exec step (e.g. the command does not exist).
-    Start,
-    /// Run another process in the container's namespaces and cgroup.
+    /// Let the init process of `container` (`None`: the VM's first
+    /// container) exec its command. Reply: `Done`, or an Error naming the
+    /// exec step (e.g. the command does not exist).
+    Start {
+        #[serde(default)]
+        container: Option<String>,
+    },
+    /// Run another process in a container's namespaces and cgroup.
     /// Reply: `Started`.
     Exec(Box<ExecProcess>),
     /// Send a signal to a process (to the init process: the whole container
@@ -43,13 +47,23 @@ pub enum Request {
     /// Reply `Exited` once the process has exited (at once if it already
     /// has). The agent also sends an `Event::ProcessExited` either way.
     Wait { process: ProcessId },
-    /// Reply: `Stats` of the container cgroup.
-    Stats,
+    /// Reply: `Stats` of the container's cgroup (`None`: the first).
+    Stats {
+        #[serde(default)]
+        container: Option<String>,
+    },
     /// Apply new cgroup limits (memory, CPU, pids, ...) to the running
-    /// container, as `runc update` does. Reply: `Done`.
+    /// container (`None`: the first), as `runc update` does. Reply: `Done`.
     Update {
+        #[serde(default)]
+        container: Option<String>,
         resources: Box<oci_spec::runtime::LinuxResources>,
     },
+    /// Kill every process of a container that is not the VM's first (a
+    /// pod's member), wait until they are gone, unmount its rootfs and
+    /// layers and remove its cgroup: its layer disk may then be reused.
+    /// Reply: `Done` once nothing of it is left.
+    RemoveContainer { container: String },
     /// Close the process's stdin (after any buffered stdin data is
     /// written). Same effect as an Eof frame on its stdin stream.
     /// Reply: `Done`.
@@ -87,6 +101,12 @@ pub struct CreateContainer {
     /// brought up and the image's /etc files stay as they are.
     #[serde(default)]
     pub network: Option<crate::network::NetworkConfig>,
+    /// A pod's member: the id of the VM's first container (the pod's
+    /// sandbox). The spec's network, IPC and UTS namespaces that carry a
+    /// path (CRI puts the sandbox's there) are then the sandbox's, joined
+    /// in the guest; the member gets its own mount, PID and cgroup.
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 /// A read-only erofs layer on a virtio-blk disk, found by its serial. The
@@ -117,6 +137,9 @@ pub struct ScratchDisk {
 /// A process to start in a running container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecProcess {
+    /// The container to run it in (`None`: the VM's first).
+    #[serde(default)]
+    pub container: Option<String>,
     pub process: ProcessId,
     /// args, env, cwd, user, terminal, capabilities, rlimits, no_new_privs.
     pub spec: oci_spec::runtime::Process,
@@ -176,7 +199,12 @@ pub enum Event {
     /// The container's cgroup counted new OOM kills: `kills` in all so far
     /// (memory.events `oom_kill`). Sent before the exit of a process the
     /// OOM killer ended.
-    OomKilled { kills: u64 },
+    OomKilled {
+        kills: u64,
+        /// Whose cgroup (`None`: the VM's first container).
+        #[serde(default)]
+        container: Option<String>,
+    },
     /// The agent hit an error it cannot serve past (e.g. a garbled
     /// channel); it powers the VM off right after sending this.
     Fatal { message: String },
@@ -250,8 +278,37 @@ mod tests {
         .unwrap();
         assert_eq!(json, r#"{"signal":{"process":1,"signal":15}}"#);
         assert_eq!(
-            serde_json::to_string(&Request::Start).unwrap(),
-            r#""start""#
+            serde_json::to_string(&Request::Start { container: None }).unwrap(),
+            r#"{"start":{"container":null}}"#
+        );
+        let remove = Request::RemoveContainer {
+            container: "app".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&remove).unwrap(),
+            r#"{"remove_container":{"container":"app"}}"#
+        );
+    }
+
+    #[test]
+    fn container_ids_default_to_the_first_container() {
+        let req: Request = serde_json::from_str(r#"{"stats":{}}"#).unwrap();
+        assert_eq!(req, Request::Stats { container: None });
+        let req: Request =
+            serde_json::from_str(r#"{"start":{"container":"member-1"}}"#).unwrap();
+        assert_eq!(
+            req,
+            Request::Start {
+                container: Some("member-1".into())
+            }
+        );
+        let event: Event = serde_json::from_str(r#"{"oom_killed":{"kills":2}}"#).unwrap();
+        assert_eq!(
+            event,
+            Event::OomKilled {
+                kills: 2,
+                container: None
+            }
         );
     }
 

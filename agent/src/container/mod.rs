@@ -201,6 +201,22 @@ fn network_mounts(
     )
 }
 
+/// Opens the namespaces (`/proc/<pid>/ns/<name>`) of a pod's sandbox init
+/// that a member shares.
+fn open_namespaces(
+    pid: Pid,
+    shared: &[(&str, CloneFlags)],
+) -> Result<Vec<(OwnedFd, CloneFlags)>, StepError> {
+    shared
+        .iter()
+        .map(|(name, kind)| {
+            File::open(format!("/proc/{pid}/ns/{name}"))
+                .map(|file| (OwnedFd::from(file), *kind))
+                .map_err(|err| StepError::new(format!("open the sandbox's {name} namespace"), err))
+        })
+        .collect()
+}
+
 /// Lets a Ready child exec and reports whether execve worked.
 fn release(pipes: ChildPipes) -> Result<(), StepError> {
     let ChildPipes { sync, start } = pipes;
@@ -226,7 +242,12 @@ fn console_size(process: &Process) -> Option<(u16, u16)> {
 impl Container {
     /// Assembles the rootfs and creates the init process, stopped before
     /// execve. Returns the container and the agent's stdio ends.
-    pub fn create(request: &CreateContainer) -> Result<(Self, ParentStdio), StepError> {
+    /// `sandbox_init`: for a pod member, the sandbox's init process, whose
+    /// namespaces it may share.
+    pub fn create(
+        request: &CreateContainer,
+        sandbox_init: Option<Pid>,
+    ) -> Result<(Self, ParentStdio), StepError> {
         validate_id(&request.container_id)?;
         let spec = &request.spec;
         if let Some(field) = unsupported::first_unsupported(spec) {
@@ -240,8 +261,16 @@ impl Container {
             .clone()
             .ok_or_else(|| StepError::new("spec", "the spec has no process"))?;
         let linux = spec.linux().clone().unwrap_or_default();
-        let flags = namespaces::clone_flags(linux.namespaces().as_deref().unwrap_or_default())
-            .map_err(|err| StepError::new("namespaces", err))?;
+        let (own, shared) = namespaces::split_shared(
+            linux.namespaces().as_deref().unwrap_or_default(),
+            sandbox_init.is_some(),
+        );
+        let flags =
+            namespaces::clone_flags(&own).map_err(|err| StepError::new("namespaces", err))?;
+        let join = match sandbox_init {
+            Some(pid) => open_namespaces(pid, &shared)?,
+            None => Vec::new(),
+        };
         let caps = capabilities::plan(process.capabilities().as_ref())
             .map_err(|err| StepError::new("capabilities", err))?;
         let filters = match linux.seccomp() {
@@ -266,6 +295,7 @@ impl Container {
                     filters,
                     &rootfs,
                     extra_mounts,
+                    join,
                 )
             });
         match created {
@@ -301,6 +331,7 @@ impl Container {
         filters: Vec<seccompiler::BpfProgram>,
         rootfs: &Rootfs,
         extra_mounts: Vec<oci_spec::runtime::Mount>,
+        join: Vec<(OwnedFd, CloneFlags)>,
     ) -> Result<(Pid, PathBuf, ChildPipes, ParentStdio), StepError> {
         let spec = &request.spec;
         let cgroup_root = Path::new(cgroups::CGROUP_ROOT);
@@ -333,11 +364,15 @@ impl Container {
             child_spec.set_mounts(Some(mounts));
         }
         let child_cgroup = cgroup.clone();
+        let joins_network = join
+            .iter()
+            .any(|(_, kind)| *kind == CloneFlags::CLONE_NEWNET);
         let (pid, pipes) = spawn(clone_flags, move |sync, start| ChildSetup {
             entry: Entry::Init {
                 rootfs: rootfs_path,
                 spec: child_spec,
                 unshare_after_cgroup,
+                join,
             },
             process,
             cgroup: child_cgroup,
@@ -349,8 +384,13 @@ impl Container {
         })?;
         // The child is set up and waits for the start byte: its network
         // namespace exists, configure it before anything runs there.
+        // A member in its sandbox's network namespace: configured already.
         let own_namespace = !flags.contains(CloneFlags::CLONE_NEWNET);
-        if let Err(err) = network::configure(pid, own_namespace, request.network.as_ref()) {
+        let configured = match joins_network {
+            true => Ok(()),
+            false => network::configure(pid, own_namespace, request.network.as_ref()),
+        };
+        if let Err(err) = configured {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
             return Err(err);

@@ -54,6 +54,8 @@ pub enum Entry {
         spec: Box<Spec>,
         /// Namespaces to unshare after joining the cgroup (cgroup ns).
         unshare_after_cgroup: CloneFlags,
+        /// A pod member: its sandbox's namespaces to join first.
+        join: Vec<(OwnedFd, CloneFlags)>,
     },
     /// An exec'd process: join the init process's namespaces.
     Join {
@@ -201,11 +203,22 @@ fn setup_and_exec(setup: ChildSetup) -> Result<Never, StepError> {
             rootfs,
             spec,
             unshare_after_cgroup,
+            join,
         } => {
+            for (fd, kind) in &join {
+                step(
+                    format!("join the sandbox's namespace {kind:?}"),
+                    setns(fd.as_fd(), *kind),
+                )?;
+            }
             if !unshare_after_cgroup.is_empty() {
                 step("unshare cgroup namespace", unshare(unshare_after_cgroup))?;
             }
-            if let Some(hostname) = spec.hostname() {
+            // A shared UTS namespace keeps the sandbox's hostname.
+            let shared_uts = join
+                .iter()
+                .any(|(_, kind)| *kind == CloneFlags::CLONE_NEWUTS);
+            if let (Some(hostname), false) = (spec.hostname(), shared_uts) {
                 step("sethostname", sethostname(hostname))?;
             }
             mounts::prepare_rootfs(&rootfs, &spec, stdio.console.as_deref())?;

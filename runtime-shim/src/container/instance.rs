@@ -122,7 +122,7 @@ impl Instance {
     pub fn start(&mut self, signals: Option<&SignalWatch>) -> Result<(), StartError> {
         match self
             .client
-            .call(&mut self.vm, signals, Request::Start, START_TIMEOUT)
+            .call(&mut self.vm, signals, Request::Start { container: None }, START_TIMEOUT)
         {
             Ok(_) => Ok(()),
             Err(AgentError::Agent(error)) => Err(StartError::Exec(error)),
@@ -167,7 +167,7 @@ impl Instance {
     pub fn stats(&mut self) -> Result<ContainerStats, AgentError> {
         match self
             .client
-            .call(&mut self.vm, None, Request::Stats, CALL_TIMEOUT)?
+            .call(&mut self.vm, None, Request::Stats { container: None }, CALL_TIMEOUT)?
         {
             Reply::Stats(stats) => Ok(stats),
             other => Err(AgentError::UnexpectedReply {
@@ -186,6 +186,7 @@ impl Instance {
             &mut self.vm,
             None,
             Request::Update {
+                container: None,
                 resources: Box::new(resources),
             },
             CALL_TIMEOUT,

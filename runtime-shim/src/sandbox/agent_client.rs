@@ -100,19 +100,7 @@ impl AgentClient {
         let deadline = Instant::now() + timeout;
         loop {
             match UnixStream::connect(path) {
-                Ok(stream) => {
-                    stream.set_nonblocking(true)?;
-                    return Ok(AgentClient {
-                        stream,
-                        decoder: FrameDecoder::new(),
-                        inbox: VecDeque::new(),
-                        inbox_bytes: 0,
-                        queued_data: HashMap::new(),
-                        outgoing: Vec::new(),
-                        next_request: 1,
-                        closed: false,
-                    });
-                }
+                Ok(stream) => return Self::over(stream),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -136,6 +124,22 @@ impl AgentClient {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// A client on an already connected stream (a pod member's link to its
+    /// sandbox's monitor, which relays to the pod's agent).
+    pub fn over(stream: UnixStream) -> Result<Self, AgentError> {
+        stream.set_nonblocking(true)?;
+        Ok(AgentClient {
+            stream,
+            decoder: FrameDecoder::new(),
+            inbox: VecDeque::new(),
+            inbox_bytes: 0,
+            queued_data: HashMap::new(),
+            outgoing: Vec::new(),
+            next_request: 1,
+            closed: false,
+        })
     }
 
     /// Waits for the agent's Hello (sent once the guest has booted and the
@@ -478,12 +482,13 @@ fn check_signals(signals: Option<&SignalWatch>) -> Result<(), AgentError> {
 fn request_name(request: &Request) -> &'static str {
     match request {
         Request::CreateContainer(_) => "the agent to create the container",
-        Request::Start => "the agent to start the container's process",
+        Request::Start { .. } => "the agent to start the container's process",
         Request::Exec(_) => "the agent to exec a process",
         Request::Signal { .. } => "the agent to deliver a signal",
         Request::Wait { .. } => "a process to exit",
-        Request::Stats => "container stats",
+        Request::Stats { .. } => "container stats",
         Request::Update { .. } => "update limits",
+        Request::RemoveContainer { .. } => "the agent to remove a pod member",
         Request::CloseStdin { .. } => "the agent to close stdin",
         Request::ResizeTty { .. } => "the agent to resize the terminal",
         Request::Shutdown => "the agent to shut down",

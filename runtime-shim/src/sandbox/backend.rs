@@ -149,6 +149,8 @@ pub struct VmConfig {
     /// virtio-net NICs, each over a tap the spawner opens and passes down
     /// as fd [`NIC_FD_BASE`] + its index.
     pub nics: Vec<crate::network::NicConfig>,
+    /// A pod's VM: spare layer-disk slots for its members (QEMU only).
+    pub pod: Option<super::pod::PodSlots>,
 }
 
 /// The VM program finds NIC `i`'s tap at this fd + `i`.
@@ -297,7 +299,8 @@ pub(crate) fn spawn_vm(
         }
     })?;
     Ok(VmProcess {
-        child,
+        child: Some(child),
+        joined_pid: 0,
         kind,
         program,
         serial_log: config.serial_log.clone(),
@@ -308,9 +311,16 @@ pub(crate) fn spawn_vm(
 }
 
 /// A running VM program. Dropping it kills and reaps the process.
+///
+/// A pod member's handle ([`VmProcess::joined`]) stands for its sandbox's
+/// VM, which another process (the sandbox's monitor) owns: it always reads
+/// as running (the member learns of the VM's end from its channel) and
+/// dropping it ends nothing.
 #[derive(Debug)]
 pub struct VmProcess {
-    child: Child,
+    child: Option<Child>,
+    /// The pod VM's program, for a joined handle.
+    joined_pid: u32,
     kind: BackendKind,
     program: String,
     serial_log: PathBuf,
@@ -321,8 +331,30 @@ pub struct VmProcess {
 }
 
 impl VmProcess {
+    /// The handle of a pod member: the VM (program `pid`) is its sandbox's.
+    pub fn joined(kind: BackendKind, pid: u32, serial_log: PathBuf, vmm_log: PathBuf) -> Self {
+        VmProcess {
+            child: None,
+            joined_pid: pid,
+            kind,
+            program: "the pod's VM".into(),
+            serial_log,
+            vmm_log,
+            status: None,
+            log_copies: Vec::new(),
+        }
+    }
+
+    /// Whether this handle stands for another container's VM.
+    pub fn is_joined(&self) -> bool {
+        self.child.is_none()
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.child {
+            Some(child) => child.id(),
+            None => self.joined_pid,
+        }
     }
 
     pub fn kind(&self) -> BackendKind {
@@ -341,8 +373,8 @@ impl VmProcess {
 
     /// The exit status if the VM program has ended, without blocking.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, BackendError> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().map_err(BackendError::Wait)?;
+        if let (None, Some(child)) = (self.status, self.child.as_mut()) {
+            self.status = child.try_wait().map_err(BackendError::Wait)?;
         }
         Ok(self.status)
     }
@@ -354,6 +386,10 @@ impl VmProcess {
 
     /// Wait up to `timeout` for the VM program to end on its own.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, BackendError> {
+        if self.is_joined() {
+            // Not ours to wait for: it ends with the pod.
+            return Ok(None);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_wait()? {
@@ -371,9 +407,13 @@ impl VmProcess {
         if let Some(status) = self.try_wait()? {
             return Ok(status);
         }
+        let Some(child) = self.child.as_mut() else {
+            // A joined handle ends nothing.
+            return Ok(ExitStatus::from_raw(0));
+        };
         // ESRCH here means it just ended; the wait below reaps it either way.
-        let _ = self.child.kill();
-        let status = self.child.wait().map_err(BackendError::Wait)?;
+        let _ = child.kill();
+        let status = child.wait().map_err(BackendError::Wait)?;
         self.status = Some(status);
         Ok(status)
     }
@@ -392,7 +432,7 @@ impl VmProcess {
                 copy.wait(Duration::from_secs(2));
             }
         }
-        let mut text = format!("{} (pid {}) {how}", self.program, self.child.id());
+        let mut text = format!("{} (pid {}) {how}", self.program, self.pid());
         for (label, path) in [
             ("its log", &self.vmm_log),
             ("guest console", &self.serial_log),
@@ -417,7 +457,7 @@ impl VmProcess {
 impl Drop for VmProcess {
     fn drop(&mut self) {
         if let Err(e) = self.kill() {
-            tracing::warn!(pid = self.child.id(), error = %e, "could not reap the VM process");
+            tracing::warn!(pid = self.pid(), error = %e, "could not reap the VM process");
         }
     }
 }
@@ -460,6 +500,7 @@ mod tests {
             memory_mib: 64,
             cmdline_extra: vec![],
             nics: Vec::new(),
+            pod: None,
         }
     }
 

@@ -28,7 +28,7 @@ fn handshake_and_request_round_trip() {
         match recv(&mut s) {
             Frame::Request {
                 id,
-                request: Request::Start,
+                request: Request::Start { container: None },
             } => {
                 // Unrelated traffic first: the client must keep it queued.
                 send(
@@ -52,7 +52,7 @@ fn handshake_and_request_round_trip() {
         match recv(&mut s) {
             Frame::Request {
                 id,
-                request: Request::Stats,
+                request: Request::Stats { container: None },
             } => send(
                 &mut s,
                 Frame::Response {
@@ -70,12 +70,12 @@ fn handshake_and_request_round_trip() {
     let hello = client.handshake(&mut vm, None, SHORT).unwrap();
     assert_eq!(hello.agent_version, "test");
     assert_eq!(
-        client.call(&mut vm, None, Request::Start, SHORT).unwrap(),
+        client.call(&mut vm, None, Request::Start { container: None }, SHORT).unwrap(),
         Reply::Done
     );
     assert!(matches!(client.next_frame(), Some(Frame::Data { .. })));
     let err = client
-        .call(&mut vm, None, Request::Stats, SHORT)
+        .call(&mut vm, None, Request::Stats { container: None }, SHORT)
         .unwrap_err();
     assert!(
         matches!(&err, AgentError::Agent(e) if e.step == "stats"),
@@ -153,7 +153,7 @@ fn oversized_frame_header_is_refused_before_buffering() {
     let mut client = connect(&fx, &mut vm);
     client.handshake(&mut vm, None, SHORT).unwrap();
     let err = client
-        .call(&mut vm, None, Request::Start, SHORT)
+        .call(&mut vm, None, Request::Start { container: None }, SHORT)
         .unwrap_err();
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
     agent.join().unwrap();
@@ -175,7 +175,7 @@ fn vm_dying_mid_request_is_reported() {
     client.handshake(&mut vm, None, SHORT).unwrap();
     let start = Instant::now();
     let err = client
-        .call(&mut vm, None, Request::Start, Duration::from_secs(30))
+        .call(&mut vm, None, Request::Start { container: None }, Duration::from_secs(30))
         .unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(5));
     assert!(matches!(err, AgentError::VmEnded { .. }), "{err}");
@@ -494,7 +494,7 @@ fn fatal_event_from_the_agent_ends_the_wait_with_its_message() {
     let mut client = connect(&fx, &mut vm);
     client.handshake(&mut vm, None, SHORT).unwrap();
     let err = client
-        .call(&mut vm, None, Request::Start, SHORT)
+        .call(&mut vm, None, Request::Start { container: None }, SHORT)
         .unwrap_err();
     assert!(
         matches!(&err, AgentError::Fatal(m) if m == "channel garbled"),
@@ -584,7 +584,7 @@ fn data_beyond_its_window_is_refused_while_a_call_is_pending() {
     let mut client = connect(&fx, &mut vm);
     client.handshake(&mut vm, None, SHORT).unwrap();
     let err = client
-        .call(&mut vm, None, Request::Stats, SHORT)
+        .call(&mut vm, None, Request::Stats { container: None }, SHORT)
         .unwrap_err();
     assert!(
         matches!(
@@ -627,7 +627,7 @@ fn a_100_mib_flood_during_a_pending_call_is_cut_off_at_the_byte_bound() {
     let mut client = connect(&fx, &mut vm);
     client.handshake(&mut vm, None, SHORT).unwrap();
     let err = client
-        .call(&mut vm, None, Request::Stats, Duration::from_secs(60))
+        .call(&mut vm, None, Request::Stats { container: None }, Duration::from_secs(60))
         .unwrap_err();
     assert!(matches!(err, AgentError::Flood(_)), "{err}");
     // What husk held when it gave up: the bound plus at most one read.
@@ -664,7 +664,7 @@ fn guest_error_text_reaches_the_user_printable() {
     let mut client = connect(&fx, &mut vm);
     client.handshake(&mut vm, None, SHORT).unwrap();
     let err = client
-        .call(&mut vm, None, Request::Stats, SHORT)
+        .call(&mut vm, None, Request::Stats { container: None }, SHORT)
         .unwrap_err();
     let shown = err.to_string();
     assert!(!shown.chars().any(|ch| ch.is_control()), "{shown:?}");

@@ -45,6 +45,7 @@ impl Fixture {
             memory_mib: 64,
             cmdline_extra: vec![],
             nics: Vec::new(),
+            pod: None,
         }
     }
 

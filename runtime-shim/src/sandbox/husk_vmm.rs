@@ -208,6 +208,12 @@ impl VmBackend for HuskVmmBackend {
     }
 
     fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError> {
+        if config.pod.is_some() {
+            return Err(BackendError::Config(
+                "one VM per pod needs layer-disk slots, which only the QEMU backend has so far"
+                    .into(),
+            ));
+        }
         let jail = Jail::prepare(config)?;
         spawn_vm(
             self.kind(),
@@ -248,6 +254,7 @@ mod tests {
             memory_mib: 300,
             cmdline_extra: vec!["x=y".into()],
             nics: Vec::new(),
+            pod: None,
         }
     }
 

@@ -197,6 +197,7 @@ impl Prepared {
             memory_mib: self.memory_mib,
             cmdline_extra: Vec::new(),
             nics: Vec::new(),
+            pod: None,
         }
     }
 
@@ -224,6 +225,7 @@ impl Prepared {
             scratch: None,
             stdin,
             network: None,
+            sandbox: None,
         }
     }
 }

@@ -119,6 +119,10 @@ impl QemuBackend {
                 disk.serial
             ));
         }
+        // A pod's spare layer disks, swapped through QMP (see `pod`).
+        if let Some(slots) = &config.pod {
+            cmd.args(super::pod::qemu_args(slots)?);
+        }
         // The tap is opened by husk (with IFF_VNET_HDR) and inherited.
         for (index, nic) in config.nics.iter().enumerate() {
             let fd = super::backend::NIC_FD_BASE + index as i32;
@@ -234,6 +238,7 @@ mod tests {
             memory_mib: 320,
             cmdline_extra: vec!["husk.debug=1".into()],
             nics: Vec::new(),
+            pod: None,
         }
     }
 

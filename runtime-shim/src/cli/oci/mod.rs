@@ -416,6 +416,7 @@ fn create(
             scratch: None,
             stdin: args.console_socket.is_none(),
             network: network.agent.clone(),
+            sandbox: None,
         },
         stdio,
         state,

@@ -109,6 +109,7 @@ pub(super) fn serve(
         memory_mib: config.memory_mib,
         cmdline_extra: Vec::new(),
         nics: config.nics.clone(),
+        pod: None,
     };
     let started = Instant::now();
     let mut inst = Instance::boot(
@@ -335,7 +336,7 @@ impl Monitor {
                 Frame::Event(Event::ProcessExited { process, status }) => {
                     self.process_exited(process, status);
                 }
-                Frame::Event(Event::OomKilled { kills }) => {
+                Frame::Event(Event::OomKilled { kills, .. }) => {
                     tracing::warn!(kills, "the container's cgroup had an OOM kill");
                     let reply = ControlReply::Oom { kills };
                     self.subscribers
@@ -496,6 +497,7 @@ impl Monitor {
                 let forward_stdin = proc_.stdin.is_some();
                 self.procs.insert(id, proc_);
                 let exec = ExecProcess {
+                    container: None,
                     process: id,
                     spec: *process,
                     stdin: forward_stdin,
