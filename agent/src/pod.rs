@@ -110,12 +110,9 @@ impl<C> Containers<C> {
         self.by_id.values()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
     }
 }
 

@@ -415,12 +415,6 @@ mod tests {
                 })),
             },
             Frame::Request {
-                id: 9,
-                request: Request::RemoveContainer {
-                    container: "member".into(),
-                },
-            },
-            Frame::Request {
                 id: 8,
                 request: Request::ResizeTty {
                     process: 1,
@@ -461,6 +455,12 @@ mod tests {
             Frame::Eof {
                 process: 1,
                 stream: Stream::Stdin,
+            },
+            Frame::Request {
+                id: 9,
+                request: Request::RemoveContainer {
+                    container: "member".into(),
+                },
             },
         ]
     }

@@ -90,6 +90,7 @@ pub fn run_detached(
         auto_remove: remove,
         nics: network.nics.clone(),
         network: network.to_release(),
+        pod: None,
     };
     let started = lifecycle::create(&root, &config, log_level)
         .map_err(anyhow::Error::from)

@@ -91,6 +91,27 @@ impl Instance {
         })
     }
 
+    /// A pod member's instance: `client` reaches the pod's agent through
+    /// the sandbox's monitor, `vm` stands for the pod's VM.
+    pub fn joined(
+        id: String,
+        mut client: AgentClient,
+        mut vm: VmProcess,
+        rundir: RunDir,
+        signals: Option<&SignalWatch>,
+    ) -> Result<Self, LaunchError> {
+        let started = std::time::Instant::now();
+        let hello = client.handshake(&mut vm, signals, CONNECT_TIMEOUT)?;
+        Ok(Instance {
+            id,
+            agent_version: hello.agent_version,
+            client,
+            vm,
+            boot_time: started.elapsed(),
+            rundir,
+        })
+    }
+
     pub fn rundir(&self) -> &RunDir {
         &self.rundir
     }

@@ -13,7 +13,7 @@
 //! agent drops its cache of the disk before mounting a slot again.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -185,8 +185,7 @@ impl Qmp {
 
     fn read_message(&mut self) -> Result<Value, PodError> {
         let mut line = Vec::new();
-        let read = (&mut self.reader)
-            .take(MAX_QMP_LINE as u64)
+        let read = Read::take(&mut self.reader, MAX_QMP_LINE as u64)
             .read_until(b'\n', &mut line)
             .map_err(|e| PodError::Qmp(format!("reading: {e}")))?;
         if read == 0 {

@@ -423,6 +423,7 @@ fn create(
         auto_remove: false,
         nics: network.nics.clone(),
         network: network.release.clone(),
+        pod: None,
     };
     let (child, state) = lifecycle::create(&cli.root, &config, cli.log_level())?;
     // The monitor runs and owns the network now.

@@ -34,6 +34,7 @@ use crate::sandbox::backend::DiskConfig;
 
 mod console;
 mod output;
+pub mod pod;
 mod serve;
 
 pub use console::send_console;
@@ -74,6 +75,24 @@ pub struct MonitorConfig {
     /// The container's network, released when the monitor ends.
     #[serde(default)]
     pub network: Option<crate::network::NetworkRelease>,
+    /// Its part in a pod that shares one VM (`None`: a VM of its own).
+    #[serde(default)]
+    pub pod: Option<PodRole>,
+}
+
+/// A container's part in a pod whose containers share one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodRole {
+    /// The pod's sandbox: its VM boots with `slots` spare layer disks and
+    /// its monitor takes members in (see [`pod`]).
+    Sandbox { slots: u32 },
+    /// A member: it joins the VM of the sandbox `sandbox_id`, whose state
+    /// directory is under `sandbox_root`; its layers are its `disks`'.
+    Member {
+        sandbox_root: PathBuf,
+        sandbox_id: String,
+    },
 }
 
 /// A disk as the monitor's configuration file holds it (a relative concat

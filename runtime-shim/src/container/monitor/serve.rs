@@ -23,7 +23,11 @@ use crate::container::control::{self, ControlReply, ControlRequest, Received};
 use crate::container::instance::{Instance, StartError, INIT_PROCESS};
 use crate::container::state::{transition, Op, State, StateDir, Status};
 use crate::sandbox::agent_client::{AgentError, TICK};
-use crate::sandbox::backend::VmConfig;
+use crate::sandbox::agent_client::AgentClient;
+use crate::sandbox::backend::{DiskImage, VmConfig, VmProcess};
+use crate::sandbox::pod::{PodSlots, QemuSlots};
+use super::pod::{self, pod_socket, PodRelay};
+use super::PodRole;
 use crate::sandbox::launch::exec_failure_code;
 use crate::sandbox::rundir::RunDir;
 use crate::sandbox::select::{self, Plan};
@@ -44,6 +48,8 @@ struct Monitor {
     /// Keeps pty masters of exec'd terminals whose owner has not taken them.
     ptys: Vec<OwnedFd>,
     auto_remove: bool,
+    /// A pod's sandbox: the relay to its members.
+    pod: Option<PodRelay>,
 }
 
 pub(super) fn serve(
@@ -94,7 +100,7 @@ pub(super) fn serve(
         .map_err(|e| fail(ready, format!("binding {}: {e}", sd.socket().display())))?;
 
     let rundir = RunDir::create(&sd.sockets_dir(), "vm").map_err(|e| fail(ready, e.to_string()))?;
-    let vm_config = VmConfig {
+    let mut vm_config = VmConfig {
         kernel: config.kernel.clone(),
         initramfs: config.initramfs.clone(),
         disks: config
@@ -111,16 +117,59 @@ pub(super) fn serve(
         nics: config.nics.clone(),
         pod: None,
     };
+    if let Some(PodRole::Sandbox { slots }) = &config.pod {
+        let slots = PodSlots::in_dir(rundir.path(), *slots);
+        slots.create_empty().map_err(|e| fail(ready, e.to_string()))?;
+        vm_config.pod = Some(slots);
+    }
+    let mut create = config.create.clone();
     let started = Instant::now();
-    let mut inst = Instance::boot(
-        id.clone(),
-        backend.as_ref(),
-        &vm_config,
-        rundir,
-        Some(&signals),
-    )
-    .map_err(|e| fail(ready, e.to_string()))?;
+    let mut inst = match &config.pod {
+        Some(PodRole::Member {
+            sandbox_root,
+            sandbox_id,
+        }) => join_pod(
+            &id,
+            sandbox_root,
+            sandbox_id,
+            &config,
+            backend.kind(),
+            &mut create,
+            rundir,
+            &signals,
+        ),
+        _ => Instance::boot(
+            id.clone(),
+            backend.as_ref(),
+            &vm_config,
+            rundir,
+            Some(&signals),
+        )
+        .map_err(|e| e.to_string()),
+    }
+    .map_err(|e| fail(ready, e))?;
     tracing::info!(elapsed = ?started.elapsed(), vm_to_hello_ms = inst.boot_time.as_millis() as u64, "agent ready");
+    // A pod's sandbox takes its members in from here on.
+    let relay = match vm_config.pod.clone() {
+        Some(slots) => {
+            let count = slots.count as usize;
+            let relay = QemuSlots::connect(slots)
+                .map_err(|e| e.to_string())
+                .and_then(|qemu| {
+                    PodRelay::new(
+                        &id,
+                        &inst.agent_version,
+                        pod_socket(&sd.sockets_dir()),
+                        qemu,
+                        count,
+                    )
+                    .map_err(|e| format!("the pod socket: {e}"))
+                })
+                .map_err(|e| fail(ready, format!("setting up the pod's VM: {e}")))?;
+            Some(relay)
+        }
+        None => None,
+    };
 
     let mut ptys = Vec::new();
     let init = match &config.stdio {
@@ -160,7 +209,7 @@ pub(super) fn serve(
             }
         }
     };
-    inst.create(config.create.clone(), Some(&signals))
+    inst.create(create, Some(&signals))
         .map_err(|e| fail(ready, e.to_string()))?;
     let mut state = config.state.clone();
     state.status = Status::Created;
@@ -190,6 +239,7 @@ pub(super) fn serve(
         finished: false,
         ptys,
         auto_remove: config.auto_remove,
+        pod: relay,
     };
     let result = monitor.run(&listener, &signals);
     if let Err(e) = &result {
@@ -197,6 +247,51 @@ pub(super) fn serve(
     }
     monitor.finish(listener);
     Ok(())
+}
+
+/// A pod member's instance: a slot of the sandbox's VM for its layers, a
+/// relayed channel to the pod's agent. `create` is made the member's
+/// (its layers on the slot, the sandbox to join).
+#[allow(clippy::too_many_arguments)]
+fn join_pod(
+    id: &str,
+    sandbox_root: &Path,
+    sandbox_id: &str,
+    config: &MonitorConfig,
+    kind: crate::sandbox::backend::BackendKind,
+    create: &mut husk_protocol::CreateContainer,
+    rundir: RunDir,
+    signals: &SignalWatch,
+) -> Result<Instance, String> {
+    let sandbox = StateDir::open(sandbox_root, sandbox_id)
+        .map_err(|e| format!("the pod's sandbox {sandbox_id}: {e}"))?;
+    let sandbox_state = sandbox
+        .load()
+        .map_err(|e| format!("the pod's sandbox {sandbox_id}: {e}"))?;
+    if !matches!(sandbox_state.status, Status::Created | Status::Running) {
+        return Err(format!(
+            "the pod's sandbox {sandbox_id} is {}",
+            sandbox_state.status.as_str()
+        ));
+    }
+    let vmm_pid = sandbox_state
+        .vmm_pid
+        .ok_or_else(|| format!("the pod's sandbox {sandbox_id} has no VM"))?;
+    let parts = match config.disks.first().map(|d| &d.image) {
+        Some(DiskImage::Concat { parts, .. }) if config.disks.len() == 1 => parts.clone(),
+        _ => return Err("a pod member's layers must be one concatenated disk".into()),
+    };
+    let (stream, serial) = pod::join(&pod_socket(&sandbox.sockets_dir()), id, &parts)
+        .map_err(|e| e.to_string())?;
+    for layer in &mut create.layers {
+        layer.serial = serial.clone();
+    }
+    create.sandbox = Some(sandbox_id.to_owned());
+    create.network = None;
+    let client = AgentClient::over(stream).map_err(|e| e.to_string())?;
+    let vm = VmProcess::joined(kind, vmm_pid as u32, rundir.serial_log(), rundir.vmm_log());
+    tracing::info!(sandbox = sandbox_id, %serial, "joined the pod's VM");
+    Instance::joined(id.to_owned(), client, vm, rundir, Some(signals)).map_err(|e| e.to_string())
 }
 
 fn dev_null() -> OwnedFd {
@@ -241,6 +336,14 @@ impl Monitor {
                         fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                     }
                 }
+                // A pod's members: served below whatever woke us.
+                for (fd, output) in self.pod.iter().flat_map(PodRelay::poll_fds) {
+                    let mut events = PollFlags::POLLIN;
+                    if output {
+                        events |= PollFlags::POLLOUT;
+                    }
+                    fds.push(PollFd::new(fd, events));
+                }
                 match nix::poll::poll(
                     &mut fds,
                     PollTimeout::try_from(TICK).unwrap_or(PollTimeout::ZERO),
@@ -281,6 +384,9 @@ impl Monitor {
                     }
                 }
             }
+            if let Some(relay) = self.pod.as_mut() {
+                relay.service(&mut self.inst.client)?;
+            }
             self.inst.client.flush()?;
             self.inst.client.read_available()?;
             if self.inst.client.has_frames() {
@@ -298,6 +404,14 @@ impl Monitor {
 
     fn handle_frames(&mut self) -> Result<(), AgentError> {
         while let Some(frame) = self.inst.client.next_frame() {
+            // A pod member's frames go to its monitor.
+            let frame = match self.pod.as_mut() {
+                Some(relay) => match relay.route(frame) {
+                    Some(frame) => frame,
+                    None => continue,
+                },
+                None => frame,
+            };
             match frame {
                 Frame::Data {
                     process,
@@ -584,6 +698,9 @@ impl Monitor {
             }
             ControlRequest::Pause => {
                 let next = check(Op::Pause)?;
+                if self.pod.is_some() || self.inst.vm.is_joined() {
+                    return Err("pausing a container of a pod that shares one VM is not supported (the VM is the pod's)".into());
+                }
                 self.inst
                     .freeze(true)
                     .map_err(|e| format!("freezing the VM: {e}"))?;
@@ -644,8 +761,11 @@ impl Monitor {
             state,
             inst,
             auto_remove,
+            pod,
             ..
         } = self;
+        // The members' channels close with it; their monitors end.
+        drop(pod);
         inst.shutdown();
         if auto_remove {
             if let (Some(name), Some(root)) = (&state.name, dir.path().parent()) {
