@@ -64,6 +64,31 @@ pub fn main() -> i32 {
     }
 }
 
+/// A task's part in a CRI pod, from its spec's annotations.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CriRole {
+    /// The pod's sandbox (its pause container).
+    Sandbox,
+    /// A container of the pod whose sandbox has this id.
+    Member(String),
+    /// Not part of a pod.
+    Alone,
+}
+
+pub fn cri_role(spec: &oci_spec::runtime::Spec) -> CriRole {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    match (
+        annotations.get(CRI_CONTAINER_TYPE).map(String::as_str),
+        annotations.get(CRI_SANDBOX_ID),
+    ) {
+        (Some("sandbox"), _) => CriRole::Sandbox,
+        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => {
+            CriRole::Member(sandbox.clone())
+        }
+        _ => CriRole::Alone,
+    }
+}
+
 /// The shim a task belongs to: its pod's (a container of a CRI sandbox
 /// joins the sandbox's shim), else its own.
 pub fn grouping(id: &str, bundle: &Path) -> String {
@@ -73,13 +98,9 @@ pub fn grouping(id: &str, bundle: &Path) -> String {
     let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(&text) else {
         return id.to_string();
     };
-    let annotations = spec.annotations().clone().unwrap_or_default();
-    match (
-        annotations.get(CRI_CONTAINER_TYPE).map(String::as_str),
-        annotations.get(CRI_SANDBOX_ID),
-    ) {
-        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.clone(),
-        _ => id.to_string(),
+    match cri_role(&spec) {
+        CriRole::Member(sandbox) => sandbox,
+        CriRole::Sandbox | CriRole::Alone => id.to_string(),
     }
 }
 
@@ -232,6 +253,10 @@ mod tests {
         assert_eq!(grouping("pod-1", dir.path()), "pod-1");
         std::fs::write(dir.path().join("config.json"), r#"{"ociVersion":"1.0.2"}"#).unwrap();
         assert_eq!(grouping("alone", dir.path()), "alone");
+        let role = |text: &str| cri_role(&serde_json::from_str(text).unwrap());
+        assert_eq!(role(&spec("sandbox")), CriRole::Sandbox);
+        assert_eq!(role(&spec("container")), CriRole::Member("pod-1".into()));
+        assert_eq!(role(r#"{"ociVersion":"1.0.2"}"#), CriRole::Alone);
     }
 
     #[test]

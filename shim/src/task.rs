@@ -29,7 +29,7 @@ use containerd_shim::util::convert_to_any;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use husk::container::control::{ControlClient, ControlReply, ControlRequest};
 use husk::container::instance::INIT_PROCESS;
-use husk::container::monitor::{InitStdio, MonitorConfig};
+use husk::container::monitor::{InitStdio, MonitorConfig, PodRole};
 use husk::container::state::{now_rfc3339, Op, State, StateDir, Status};
 use husk::container::{self as lifecycle};
 use husk::sandbox::launch::vm_memory_mib;
@@ -320,9 +320,19 @@ impl TaskService {
             backend: String::new(),
             owner: "containerd".into(),
         };
+        let pod = pod_role(root, &bundle.spec, selected.plan);
         // The pod's network namespace (CNI): the VM joins it with tc, as
-        // Kata's tcfilter model; the monitor releases it when it ends.
-        let network = husk::network::cni::from_spec(&bundle.spec, &req.id)?;
+        // Kata's tcfilter model; the monitor releases it when it ends. A
+        // member of a pod's VM is in its sandbox's network already.
+        let network = match &pod {
+            Some(PodRole::Member { .. }) => husk::network::cni::SpecNetwork {
+                spec: bundle.spec.clone(),
+                nics: Vec::new(),
+                agent: None,
+                release: None,
+            },
+            _ => husk::network::cni::from_spec(&bundle.spec, &req.id)?,
+        };
         let mut network_guard = husk::network::ReleaseGuard(network.release.clone());
         let config = MonitorConfig {
             backend: selected.plan.as_str().to_string(),
@@ -348,6 +358,7 @@ impl TaskService {
             auto_remove: false,
             nics: network.nics.clone(),
             network: network.release.clone(),
+            pod,
         };
         let fds: [RawFd; 3] = match &pipes {
             Some(p) => [
@@ -656,6 +667,45 @@ impl TaskService {
 
 /// The shim's own files for a task (not in the lifecycle's state root,
 /// whose entries are all containers).
+/// A task's part in a pod that shares one VM: a CRI sandbox's VM takes
+/// its pod's containers in (QEMU backends: husk-vmm has no layer-disk
+/// slots yet); a container joins its sandbox's VM when that VM takes
+/// members. Otherwise, as before, each task gets a VM of its own.
+fn pod_role(root: &Path, spec: &oci_spec::runtime::Spec, plan: select::Plan) -> Option<PodRole> {
+    match crate::bootstrap::cri_role(spec) {
+        crate::bootstrap::CriRole::Sandbox => match plan {
+            select::Plan::Qemu(_) => Some(PodRole::Sandbox {
+                slots: husk::sandbox::pod::POD_SLOTS,
+            }),
+            select::Plan::HuskVmm { .. } => {
+                containerd_shim::warn!(
+                    "husk-vmm has no layer-disk slots yet: each container of this pod gets a VM of its own"
+                );
+                None
+            }
+        },
+        crate::bootstrap::CriRole::Member(sandbox) => {
+            let takes_members = StateDir::open(root, &sandbox)
+                .ok()
+                .and_then(|dir| fs::read(dir.monitor_config()).ok())
+                .and_then(|bytes| serde_json::from_slice::<MonitorConfig>(&bytes).ok())
+                .is_some_and(|config| matches!(config.pod, Some(PodRole::Sandbox { .. })));
+            if takes_members {
+                Some(PodRole::Member {
+                    sandbox_root: root.to_path_buf(),
+                    sandbox_id: sandbox,
+                })
+            } else {
+                containerd_shim::warn!(
+                    "the pod's sandbox {sandbox} has no VM to share: this container gets its own"
+                );
+                None
+            }
+        }
+        crate::bootstrap::CriRole::Alone => None,
+    }
+}
+
 pub fn own_dir(state_root: &Path, namespace: &str, id: &str) -> PathBuf {
     state_root.join(format!("{namespace}.shim")).join(id)
 }

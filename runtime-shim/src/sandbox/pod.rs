@@ -428,7 +428,8 @@ mod tests {
     }
 
     /// The real swap, against QEMU itself (paused, no guest): the slot's
-    /// bytes are the member's layers, then the empty file's zeros again.
+    /// device is backed by the member's layers, then by the empty file
+    /// again, at the same size.
     #[test]
     fn qemu_swaps_a_slots_backing_through_qmp() {
         let qemu = std::env::var_os("HUSK_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
@@ -443,13 +444,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let slots = PodSlots::in_dir(dir.path(), 1);
         slots.create_empty().unwrap();
-        let mut child = std::process::Command::new(&qemu)
-            .args(["-M", "microvm,acpi=off", "-accel", "tcg", "-nodefaults"])
-            .args(["-no-user-config", "-display", "none", "-S"])
-            .args(qemu_args(&slots).unwrap())
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        /// Kills QEMU however the test ends.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _qemu = Reaped(
+            std::process::Command::new(&qemu)
+                .args(["-M", "microvm,acpi=off", "-accel", "tcg", "-nodefaults"])
+                .args(["-no-user-config", "-display", "none", "-S"])
+                .args(qemu_args(&slots).unwrap())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut pod = loop {
             match QemuSlots::connect(slots.clone()) {
@@ -463,24 +475,34 @@ mod tests {
         };
         let layer = dir.path().join("layer.erofs");
         std::fs::write(&layer, [0xabu8; 512]).unwrap();
-        let read = |pod: &mut QemuSlots| -> String {
-            let out = pod
-                .qmp
-                .execute(
-                    "human-monitor-command",
-                    json!({"command-line": "qemu-io pod-1 \"read -v 0 4\""}),
-                )
-                .unwrap();
-            out.as_str().unwrap_or_default().to_string()
+        // What the guest's disk is backed by now, and its size.
+        let backing = |pod: &mut QemuSlots| -> (String, u64) {
+            let blocks = pod.qmp.execute("query-block", json!({})).unwrap();
+            let slot = blocks
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|b| b.get("inserted").filter(|i| i["node-name"] == "pod-1"))
+                .expect("the slot's device")
+                .clone();
+            (
+                slot["file"].as_str().unwrap().to_string(),
+                slot["image"]["virtual-size"].as_u64().unwrap(),
+            )
         };
-        assert!(read(&mut pod).contains("00 00 00 00"));
+        let (file, size) = backing(&mut pod);
+        assert!(file.ends_with("pod-empty.img"), "{file}");
+        assert_eq!(size, SLOT_BYTES);
         pod.attach(0, std::slice::from_ref(&layer)).unwrap();
-        assert!(read(&mut pod).contains("ab ab ab ab"), "{}", read(&mut pod));
+        let (file, size) = backing(&mut pod);
+        assert!(file.contains(".vmdk"), "{file}");
+        assert_eq!(size, SLOT_BYTES, "the guest's capacity must not change");
         // A second attach replaces the first (and drops its node).
         pod.attach(0, std::slice::from_ref(&layer)).unwrap();
         assert_eq!(pod.descriptors.len(), 1);
         pod.detach(0).unwrap();
-        assert!(read(&mut pod).contains("00 00 00 00"));
+        let (file, _) = backing(&mut pod);
+        assert!(file.ends_with("pod-empty.img"), "{file}");
         assert!(pod.descriptors.is_empty());
         let vmdks = std::fs::read_dir(dir.path())
             .unwrap()
@@ -491,7 +513,5 @@ mod tests {
             })
             .count();
         assert_eq!(vmdks, 0, "descriptors left behind");
-        let _ = pod.qmp.execute("quit", json!({}));
-        let _ = child.wait();
     }
 }
