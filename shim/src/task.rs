@@ -321,17 +321,24 @@ impl TaskService {
             owner: "containerd".into(),
         };
         let pod = pod_role(root, &bundle.spec, selected.plan);
+        // A pod's container in a VM of its own shares nothing with its
+        // sandbox's: the IPC and UTS namespaces CRI names by (host) path
+        // are fresh ones in its VM.
+        let spec = match (&pod, crate::bootstrap::cri_role(&bundle.spec)) {
+            (None, crate::bootstrap::CriRole::Member(_)) => own_namespaces(&bundle.spec),
+            _ => bundle.spec.clone(),
+        };
         // The pod's network namespace (CNI): the VM joins it with tc, as
         // Kata's tcfilter model; the monitor releases it when it ends. A
         // member of a pod's VM is in its sandbox's network already.
         let network = match &pod {
             Some(PodRole::Member { .. }) => husk::network::cni::SpecNetwork {
-                spec: bundle.spec.clone(),
+                spec: spec.clone(),
                 nics: Vec::new(),
                 agent: None,
                 release: None,
             },
-            _ => husk::network::cni::from_spec(&bundle.spec, &req.id)?,
+            _ => husk::network::cni::from_spec(&spec, &req.id)?,
         };
         let mut network_guard = husk::network::ReleaseGuard(network.release.clone());
         let config = MonitorConfig {
@@ -349,6 +356,7 @@ impl TaskService {
                 scratch: None,
                 stdin: terminal || pipes.as_ref().is_some_and(|p| p.has_stdin),
                 network: network.agent.clone(),
+                sandbox: None,
             },
             stdio: match &console {
                 Some(c) => InitStdio::ConsoleSocket(c.path.clone()),
@@ -704,6 +712,29 @@ fn pod_role(root: &Path, spec: &oci_spec::runtime::Spec, plan: select::Plan) -> 
         }
         crate::bootstrap::CriRole::Alone => None,
     }
+}
+
+/// `spec` with its IPC and UTS namespaces fresh (paths dropped).
+fn own_namespaces(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
+    use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType};
+    let mut spec = spec.clone();
+    if let Some(linux) = spec.linux_mut() {
+        let namespaces = linux.namespaces().clone().map(|all| {
+            all.into_iter()
+                .map(|ns| match ns.typ() {
+                    LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts if ns.path().is_some() => {
+                        LinuxNamespaceBuilder::default()
+                            .typ(ns.typ())
+                            .build()
+                            .unwrap_or(ns)
+                    }
+                    _ => ns,
+                })
+                .collect()
+        });
+        linux.set_namespaces(namespaces);
+    }
+    spec
 }
 
 pub fn own_dir(state_root: &Path, namespace: &str, id: &str) -> PathBuf {
