@@ -131,13 +131,25 @@ mod tests {
     fn the_first_container_is_the_default_and_members_join_it() {
         let mut pod = Containers::default();
         assert!(pod.get(None, "start").is_err());
-        assert!(pod.check_create("app", Some("pod")).is_err(), "no sandbox yet");
+        assert!(
+            pod.check_create("app", Some("pod")).is_err(),
+            "no sandbox yet"
+        );
         pod.check_create("pod", None).unwrap();
         pod.insert("pod".into(), 1);
         assert_eq!(*pod.get(None, "stats").unwrap(), 1);
-        assert!(pod.check_create("other", None).is_err(), "a second lone container");
-        assert!(pod.check_create("app", Some("nope")).is_err(), "wrong sandbox");
-        assert!(pod.check_create("pod", Some("pod")).is_err(), "duplicate id");
+        assert!(
+            pod.check_create("other", None).is_err(),
+            "a second lone container"
+        );
+        assert!(
+            pod.check_create("app", Some("nope")).is_err(),
+            "wrong sandbox"
+        );
+        assert!(
+            pod.check_create("pod", Some("pod")).is_err(),
+            "duplicate id"
+        );
         pod.check_create("app", Some("pod")).unwrap();
         pod.insert("app".into(), 2);
         assert_eq!(*pod.get(Some("app"), "stats").unwrap(), 2);

@@ -542,13 +542,18 @@ impl Server {
         for pid in &pids {
             let _ = kill(*pid, Signal::SIGKILL);
         }
-        let cgroup = self.containers.get(Some(id), "remove container")?.cgroup().to_owned();
+        let cgroup = self
+            .containers
+            .get(Some(id), "remove container")?
+            .cgroup()
+            .to_owned();
         // Everything in its cgroup (also processes that left the PID
         // namespace's tree) must be gone before its mounts can go.
         let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
         let deadline = Instant::now() + REMOVE_TIMEOUT;
         loop {
-            self.reap().map_err(|err| StepError::new("remove container", err))?;
+            self.reap()
+                .map_err(|err| StepError::new("remove container", err))?;
             let alive = self
                 .processes
                 .values()
@@ -560,7 +565,10 @@ impl Server {
             if Instant::now() >= deadline {
                 return Err(StepError::new(
                     "remove container",
-                    format!("its processes did not end within {}s", REMOVE_TIMEOUT.as_secs()),
+                    format!(
+                        "its processes did not end within {}s",
+                        REMOVE_TIMEOUT.as_secs()
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));

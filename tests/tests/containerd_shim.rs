@@ -483,7 +483,16 @@ fn exec_until(ctrd: &Containerd, id: &str, script: &str, want: &str) {
     let deadline = std::time::Instant::now() + TIMEOUT;
     for attempt in 0.. {
         let exec_id = format!("wait{attempt}");
-        let o = ctrd.ctr(&["task", "exec", "--exec-id", &exec_id, id, "sh", "-c", script]);
+        let o = ctrd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &exec_id,
+            id,
+            "sh",
+            "-c",
+            script,
+        ]);
         if text(&o.stdout).trim() == want {
             return;
         }
@@ -516,12 +525,18 @@ fn a_pods_containers_share_one_vm_and_see_each_other_only_through_what_they_shar
     ]);
     ctrd.ok(&args);
     ctrd.wait_status("pod1", "RUNNING");
-    exec_until(&ctrd, "pod1", "test -e /sandbox-only && hostname", "pod-one");
+    exec_until(
+        &ctrd,
+        "pod1",
+        "test -e /sandbox-only && hostname",
+        "pod-one",
+    );
     let vms = vm_programs(&ctrd);
     assert_eq!(vms.len(), 1, "{vms:?}");
     // husk-vmm has no layer-disk slots yet: there (README) each container
     // of a pod still gets a VM of its own, and shares nothing.
     let shared = vms[0].1.contains("qemu-system");
+    eprintln!("one VM for the pod: {shared} ({})", vms[0].1);
 
     let mut args = ctrd.run_args(HUSK, &config);
     args.extend(pod_args(false, "pod1", &mut a2));
@@ -537,7 +552,10 @@ fn a_pods_containers_share_one_vm_and_see_each_other_only_through_what_they_shar
         let vm_pid = vms[0].0.to_string();
         for id in ["pod1", "app1"] {
             let ps = ctrd.ok(&["task", "ps", id]);
-            assert!(ps.contains(&vm_pid), "{id}: task ps {ps} lacks the VM {vm_pid}");
+            assert!(
+                ps.contains(&vm_pid),
+                "{id}: task ps {ps} lacks the VM {vm_pid}"
+            );
         }
     } else {
         assert_eq!(after.len(), 2, "{after:?}");
@@ -572,7 +590,14 @@ fn a_pods_containers_share_one_vm_and_see_each_other_only_through_what_they_shar
     assert_eq!(sandbox_view.trim(), "isolated");
     // Its own PID namespace: the member's init is its PID 1.
     let pid1 = ctrd.ok(&[
-        "task", "exec", "--exec-id", "pid1", "app1", "sh", "-c", "cat /proc/1/cmdline",
+        "task",
+        "exec",
+        "--exec-id",
+        "pid1",
+        "app1",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline",
     ]);
     assert!(pid1.contains("sleep"), "{pid1}");
 

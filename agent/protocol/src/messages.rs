@@ -294,8 +294,7 @@ mod tests {
     fn container_ids_default_to_the_first_container() {
         let req: Request = serde_json::from_str(r#"{"stats":{}}"#).unwrap();
         assert_eq!(req, Request::Stats { container: None });
-        let req: Request =
-            serde_json::from_str(r#"{"start":{"container":"member-1"}}"#).unwrap();
+        let req: Request = serde_json::from_str(r#"{"start":{"container":"member-1"}}"#).unwrap();
         assert_eq!(
             req,
             Request::Start {

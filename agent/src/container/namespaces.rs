@@ -120,10 +120,14 @@ mod tests {
         assert!(shared.is_empty());
         assert!(clone_flags(&own).is_err());
         // A member's PID namespace by path is not the sandbox's: refused.
-        let (own, _) = split_shared(&namespaces(r#"[{"type":"pid","path":"/proc/9/ns/pid"}]"#), true);
+        let (own, _) = split_shared(
+            &namespaces(r#"[{"type":"pid","path":"/proc/9/ns/pid"}]"#),
+            true,
+        );
         assert!(clone_flags(&own).is_err());
         // Without paths a member gets its own of everything.
-        let (own, shared) = split_shared(&namespaces(r#"[{"type":"uts"},{"type":"network"}]"#), true);
+        let (own, shared) =
+            split_shared(&namespaces(r#"[{"type":"uts"},{"type":"network"}]"#), true);
         assert!(shared.is_empty());
         assert_eq!(own.len(), 2);
     }

@@ -141,10 +141,12 @@ impl Instance {
 
     /// Lets the init process exec its command.
     pub fn start(&mut self, signals: Option<&SignalWatch>) -> Result<(), StartError> {
-        match self
-            .client
-            .call(&mut self.vm, signals, Request::Start { container: None }, START_TIMEOUT)
-        {
+        match self.client.call(
+            &mut self.vm,
+            signals,
+            Request::Start { container: None },
+            START_TIMEOUT,
+        ) {
             Ok(_) => Ok(()),
             Err(AgentError::Agent(error)) => Err(StartError::Exec(error)),
             Err(e) => Err(StartError::Other(e.into())),
@@ -186,10 +188,12 @@ impl Instance {
     }
 
     pub fn stats(&mut self) -> Result<ContainerStats, AgentError> {
-        match self
-            .client
-            .call(&mut self.vm, None, Request::Stats { container: None }, CALL_TIMEOUT)?
-        {
+        match self.client.call(
+            &mut self.vm,
+            None,
+            Request::Stats { container: None },
+            CALL_TIMEOUT,
+        )? {
             Reply::Stats(stats) => Ok(stats),
             other => Err(AgentError::UnexpectedReply {
                 request: "stats",

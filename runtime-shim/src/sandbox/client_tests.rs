@@ -70,7 +70,9 @@ fn handshake_and_request_round_trip() {
     let hello = client.handshake(&mut vm, None, SHORT).unwrap();
     assert_eq!(hello.agent_version, "test");
     assert_eq!(
-        client.call(&mut vm, None, Request::Start { container: None }, SHORT).unwrap(),
+        client
+            .call(&mut vm, None, Request::Start { container: None }, SHORT)
+            .unwrap(),
         Reply::Done
     );
     assert!(matches!(client.next_frame(), Some(Frame::Data { .. })));
@@ -175,7 +177,12 @@ fn vm_dying_mid_request_is_reported() {
     client.handshake(&mut vm, None, SHORT).unwrap();
     let start = Instant::now();
     let err = client
-        .call(&mut vm, None, Request::Start { container: None }, Duration::from_secs(30))
+        .call(
+            &mut vm,
+            None,
+            Request::Start { container: None },
+            Duration::from_secs(30),
+        )
         .unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(5));
     assert!(matches!(err, AgentError::VmEnded { .. }), "{err}");
@@ -627,7 +634,12 @@ fn a_100_mib_flood_during_a_pending_call_is_cut_off_at_the_byte_bound() {
     let mut client = connect(&fx, &mut vm);
     client.handshake(&mut vm, None, SHORT).unwrap();
     let err = client
-        .call(&mut vm, None, Request::Stats { container: None }, Duration::from_secs(60))
+        .call(
+            &mut vm,
+            None,
+            Request::Stats { container: None },
+            Duration::from_secs(60),
+        )
         .unwrap_err();
     assert!(matches!(err, AgentError::Flood(_)), "{err}");
     // What husk held when it gave up: the bound plus at most one read.

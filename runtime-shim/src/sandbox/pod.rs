@@ -163,8 +163,8 @@ impl Qmp {
     /// Connects (QEMU made the socket before the guest could boot), reads
     /// the greeting and leaves capabilities negotiation.
     pub fn connect(path: &Path) -> Result<Self, PodError> {
-        let stream =
-            UnixStream::connect(path).map_err(|e| PodError::Qmp(format!("{}: {e}", path.display())))?;
+        let stream = UnixStream::connect(path)
+            .map_err(|e| PodError::Qmp(format!("{}: {e}", path.display())))?;
         stream
             .set_read_timeout(Some(QMP_TIMEOUT))
             .map_err(|e| PodError::Qmp(e.to_string()))?;
@@ -225,7 +225,10 @@ impl Qmp {
 
 /// The node names a QEMU pod VM uses for slot `index`.
 pub fn slot_nodes(index: usize) -> (String, String) {
-    (format!("pod-{}", index + 1), format!("pod-empty-{}", index + 1))
+    (
+        format!("pod-{}", index + 1),
+        format!("pod-empty-{}", index + 1),
+    )
 }
 
 /// The QEMU command-line arguments of the slots.
@@ -310,7 +313,8 @@ impl QemuSlots {
             let _ = std::fs::remove_file(&descriptor);
             return Err(e);
         }
-        self.descriptors.push_back((member_node.clone(), descriptor));
+        self.descriptors
+            .push_back((member_node.clone(), descriptor));
         if let Err(e) = self.point(index, &member_node) {
             self.delete_node(&member_node);
             return Err(e);
@@ -420,10 +424,24 @@ mod tests {
     fn qemu_slots_are_read_only_blockdevs_with_pod_serials() {
         let slots = PodSlots::in_dir(Path::new("/r"), 2);
         let args = qemu_args(&slots).unwrap().join(" ");
-        assert!(args.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"), "{args}");
-        assert!(args.contains("driver=file,node-name=pod-empty-2,filename=/r/pod-empty.img,read-only=on"), "{args}");
-        assert!(args.contains("driver=raw,node-name=pod-1,file=pod-empty-1,read-only=on"), "{args}");
-        assert!(args.contains("virtio-blk-device,drive=pod-2,serial=husk-pod-2"), "{args}");
+        assert!(
+            args.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"),
+            "{args}"
+        );
+        assert!(
+            args.contains(
+                "driver=file,node-name=pod-empty-2,filename=/r/pod-empty.img,read-only=on"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains("driver=raw,node-name=pod-1,file=pod-empty-1,read-only=on"),
+            "{args}"
+        );
+        assert!(
+            args.contains("virtio-blk-device,drive=pod-2,serial=husk-pod-2"),
+            "{args}"
+        );
         assert!(!args.contains("pod-3"), "{args}");
     }
 

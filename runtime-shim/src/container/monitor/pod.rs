@@ -60,8 +60,12 @@ pub struct JoinRequest {
 #[serde(rename_all = "snake_case")]
 pub enum JoinReply {
     /// The member's layers are on the disk with this serial.
-    Ok { serial: String },
-    Error { message: String },
+    Ok {
+        serial: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// The sandbox's pod socket (its monitor's sockets directory).
@@ -232,12 +236,10 @@ fn for_member(frame: &Frame) -> Option<(usize, Frame)> {
             process: local,
             stream,
         },
-        Frame::Event(Event::ProcessExited { status, .. }) => {
-            Frame::Event(Event::ProcessExited {
-                process: local,
-                status,
-            })
-        }
+        Frame::Event(Event::ProcessExited { status, .. }) => Frame::Event(Event::ProcessExited {
+            process: local,
+            status,
+        }),
         _ => return None,
     };
     Some((slot, mapped))
@@ -359,9 +361,15 @@ impl PodRelay {
                 .flatten()
                 .any(|m| m.id == join.container_id);
             if taken || join.container_id == self.sandbox {
-                return Err(format!("container {} is in the pod already", join.container_id));
+                return Err(format!(
+                    "container {} is in the pod already",
+                    join.container_id
+                ));
             }
-            let slot = self.table.take(&join.container_id).map_err(|e| e.to_string())?;
+            let slot = self
+                .table
+                .take(&join.container_id)
+                .map_err(|e| e.to_string())?;
             if let Err(e) = self.qemu.attach(slot, &join.parts) {
                 self.table.release(slot);
                 return Err(e.to_string());
@@ -628,7 +636,11 @@ impl PodRelay {
                 if removed {
                     self.empty_slot(slot);
                 } else {
-                    tracing::warn!(slot, ?response, "removing a pod member failed; its slot is not reused");
+                    tracing::warn!(
+                        slot,
+                        ?response,
+                        "removing a pod member failed; its slot is not reused"
+                    );
                     self.table.mark_broken(slot);
                     self.members[slot] = None;
                 }
@@ -732,11 +744,18 @@ mod tests {
         assert_eq!(from_global(1), None, "the sandbox's own");
         assert_eq!(from_global((1 << 24) - 1), None);
         assert_eq!(to_global(0, 0), None);
-        assert_eq!(to_global(0, 1 << 24), None, "would spill into the next member");
+        assert_eq!(
+            to_global(0, 1 << 24),
+            None,
+            "would spill into the next member"
+        );
         assert_eq!(to_global(255, 1), None, "no 256th member");
         for slot in 0..4 {
             for local in [1, 2, 99, (1 << 24) - 1] {
-                assert_eq!(from_global(to_global(slot, local).unwrap()), Some((slot, local)));
+                assert_eq!(
+                    from_global(to_global(slot, local).unwrap()),
+                    Some((slot, local))
+                );
             }
         }
     }
@@ -814,7 +833,10 @@ mod tests {
         let Rewritten::Send(Request::Exec(e)) = r(exec).unwrap() else {
             panic!("not an exec");
         };
-        assert_eq!((e.container.as_deref(), e.process), (Some("app"), (1 << 24) | 2));
+        assert_eq!(
+            (e.container.as_deref(), e.process),
+            (Some("app"), (1 << 24) | 2)
+        );
         assert_eq!(r(Request::Shutdown).unwrap(), Rewritten::Shutdown);
         assert!(r(Request::RemoveContainer {
             container: "pod".into()
@@ -902,6 +924,9 @@ mod tests {
         );
         let mut rest = [0u8; 8];
         (&b).read_exact(&mut rest).unwrap();
-        assert_eq!(&rest, b"HK-after", "the line reader took bytes past its line");
+        assert_eq!(
+            &rest, b"HK-after",
+            "the line reader took bytes past its line"
+        );
     }
 }

@@ -18,17 +18,17 @@ use nix::sys::signal::Signal;
 
 use super::console::pty_proc;
 use super::output::{Proc, Sink};
+use super::pod::{self, pod_socket, PodRelay};
+use super::PodRole;
 use super::{dup_high, InitStdio, MonitorConfig, Ready, INHERITED_FDS, REQUEST_TIMEOUT};
 use crate::container::control::{self, ControlReply, ControlRequest, Received};
 use crate::container::instance::{Instance, StartError, INIT_PROCESS};
 use crate::container::state::{transition, Op, State, StateDir, Status};
-use crate::sandbox::agent_client::{AgentError, TICK};
 use crate::sandbox::agent_client::AgentClient;
+use crate::sandbox::agent_client::{AgentError, TICK};
 use crate::sandbox::backend::{DiskImage, VmConfig, VmProcess};
-use crate::sandbox::pod::{PodSlots, QemuSlots};
-use super::pod::{self, pod_socket, PodRelay};
-use super::PodRole;
 use crate::sandbox::launch::exec_failure_code;
+use crate::sandbox::pod::{PodSlots, QemuSlots};
 use crate::sandbox::rundir::RunDir;
 use crate::sandbox::select::{self, Plan};
 use crate::sandbox::signals::{SignalWatch, FORWARDED};
@@ -119,7 +119,9 @@ pub(super) fn serve(
     };
     if let Some(PodRole::Sandbox { slots }) = &config.pod {
         let slots = PodSlots::in_dir(rundir.path(), *slots);
-        slots.create_empty().map_err(|e| fail(ready, e.to_string()))?;
+        slots
+            .create_empty()
+            .map_err(|e| fail(ready, e.to_string()))?;
         vm_config.pod = Some(slots);
     }
     let mut create = config.create.clone();
@@ -281,8 +283,8 @@ fn join_pod(
         Some(DiskImage::Concat { parts, .. }) if config.disks.len() == 1 => parts.clone(),
         _ => return Err("a pod member's layers must be one concatenated disk".into()),
     };
-    let (stream, serial) = pod::join(&pod_socket(&sandbox.sockets_dir()), id, &parts)
-        .map_err(|e| e.to_string())?;
+    let (stream, serial) =
+        pod::join(&pod_socket(&sandbox.sockets_dir()), id, &parts).map_err(|e| e.to_string())?;
     for layer in &mut create.layers {
         layer.serial = serial.clone();
     }
