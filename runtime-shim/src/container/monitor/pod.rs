@@ -441,7 +441,7 @@ impl PodRelay {
             }
         }
         for frame in frames {
-            self.from_member(slot, frame, client)?;
+            self.relay_from_member(slot, frame, client)?;
         }
         if ended {
             self.member_gone(slot, client)?;
@@ -449,7 +449,7 @@ impl PodRelay {
         Ok(())
     }
 
-    fn from_member(
+    fn relay_from_member(
         &mut self,
         slot: usize,
         frame: Frame,
