@@ -127,6 +127,62 @@ impl ConcatImage {
         Ok(ConcatImage { components, size })
     }
 
+    /// The image of files already open (passed in by the VMM's control
+    /// socket: the jail cannot open files).
+    /// Each must be a regular file or block device of a non-zero multiple
+    /// of 512 bytes.
+    pub fn from_files(files: Vec<File>) -> Result<Self, ConcatError> {
+        let list = PathBuf::from("<passed descriptors>");
+        if files.is_empty() {
+            return Err(ConcatError::Empty { list });
+        }
+        if files.len() > MAX_COMPONENTS {
+            return Err(ConcatError::TooManyComponents { list });
+        }
+        let mut opened = Vec::with_capacity(files.len());
+        for (index, mut file) in files.into_iter().enumerate() {
+            let path = PathBuf::from(format!("descriptor {index}"));
+            let failed = |source| ConcatError::Open {
+                list: list.clone(),
+                line: index + 1,
+                path: path.clone(),
+                source,
+            };
+            let kind = file.metadata().map_err(failed)?.file_type();
+            if !(kind.is_file() || kind.is_block_device()) {
+                return Err(ConcatError::NotAFile {
+                    list,
+                    line: index + 1,
+                    path,
+                });
+            }
+            let len = file.seek(SeekFrom::End(0)).map_err(failed)?;
+            if len == 0 || len % SECTOR_SIZE != 0 {
+                return Err(ConcatError::BadSize {
+                    list,
+                    line: index + 1,
+                    path,
+                    size: len,
+                });
+            }
+            opened.push((path, file, len));
+        }
+        let starts = layout(opened.iter().map(|(_, _, len)| *len))
+            .ok_or(ConcatError::TooLarge { list })?;
+        let size = starts.last().copied().unwrap_or(0);
+        let components = opened
+            .into_iter()
+            .zip(starts)
+            .map(|((path, file, len), start)| Component {
+                path,
+                file,
+                start,
+                len,
+            })
+            .collect();
+        Ok(ConcatImage { components, size })
+    }
+
     /// Total size in bytes.
     pub fn size(&self) -> u64 {
         self.size

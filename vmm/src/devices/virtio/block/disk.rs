@@ -17,6 +17,7 @@ use vm_memory::{
 };
 
 use super::concat::ConcatImage;
+use super::slot::SlotBacking;
 use super::request::{Request, RequestKind, SECTOR_SIZE};
 
 /// Length of the GET_ID answer.
@@ -29,6 +30,9 @@ pub enum Backing {
     File(File),
     /// Read-only images back to back; never written.
     Concat(ConcatImage),
+    /// A read-only slot whose images are swapped at run time, zeros past
+    /// them (see `slot`).
+    Slot(SlotBacking),
 }
 
 /// A disk: its backing, its size in sectors, and what the guest may do.
@@ -65,7 +69,7 @@ impl Disk {
         read_only: bool,
         id: [u8; ID_BYTES],
     ) -> Self {
-        let read_only = read_only || matches!(backing, Backing::Concat(_));
+        let read_only = read_only || matches!(backing, Backing::Concat(_) | Backing::Slot(_));
         Self {
             backing,
             capacity_sectors,
@@ -147,6 +151,18 @@ impl Disk {
         match &self.backing {
             Backing::File(file) => read_segments(request, mem, &mut FileAt { file, offset }),
             Backing::Concat(image) => read_segments(request, mem, &mut ConcatAt { image, offset }),
+            Backing::Slot(slot) => {
+                // Held for the whole request: a swap waits for it.
+                let image = slot.lock();
+                read_segments(
+                    request,
+                    mem,
+                    &mut ZeroPadded {
+                        image: image.as_ref(),
+                        offset,
+                    },
+                )
+            }
         }
     }
 
@@ -154,7 +170,7 @@ impl Disk {
         let file = match &self.backing {
             Backing::File(file) => file,
             // `execute` refuses writes to read-only disks before this.
-            Backing::Concat(_) => {
+            Backing::Concat(_) | Backing::Slot(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
                     "a concatenated disk is read-only",
@@ -175,7 +191,7 @@ impl Disk {
     fn flush(&self) -> io::Result<()> {
         match &self.backing {
             Backing::File(file) => file.sync_data(),
-            Backing::Concat(_) => Ok(()),
+            Backing::Concat(_) | Backing::Slot(_) => Ok(()),
         }
     }
 
@@ -321,6 +337,47 @@ impl WriteVolatile for FileAt<'_> {
 struct ConcatAt<'a> {
     image: &'a ConcatImage,
     offset: u64,
+}
+
+/// A slot's contents from a disk offset: its image (if any), then zeros
+/// (the request was checked against the slot's capacity).
+struct ZeroPadded<'a> {
+    image: Option<&'a ConcatImage>,
+    offset: u64,
+}
+
+impl ReadVolatile for ZeroPadded<'_> {
+    fn read_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &mut VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let image_end = self.image.map_or(0, ConcatImage::size);
+        let mut done = 0;
+        if let (Some(image), true) = (self.image, self.offset < image_end) {
+            let room = image_end - self.offset;
+            let want = usize::try_from(room).map_or(buf.len(), |r| r.min(buf.len()));
+            let mut part = buf.subslice(0, want)?;
+            let n = ConcatAt {
+                image,
+                offset: self.offset,
+            }
+            .read_volatile(&mut part)?;
+            done += n;
+            self.offset += n as u64;
+            if n < want {
+                // A component shrank: a short read, an error for the caller.
+                return Ok(done);
+            }
+        }
+        const ZEROS: [u8; 4096] = [0; 4096];
+        while done < buf.len() {
+            let n = (buf.len() - done).min(ZEROS.len());
+            buf.subslice(done, n)?.copy_from(&ZEROS[..n]);
+            done += n;
+            self.offset += n as u64;
+        }
+        Ok(done)
+    }
 }
 
 impl ReadVolatile for ConcatAt<'_> {

@@ -12,6 +12,7 @@
 mod concat;
 mod disk;
 mod request;
+mod slot;
 mod worker;
 
 use std::fs::OpenOptions;
@@ -33,9 +34,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use concat::{ConcatError, MAX_COMPONENTS};
 pub use disk::ID_BYTES;
+pub use slot::{SlotBacking, SlotError};
+pub use concat::ConcatImage;
 pub use request::SECTOR_SIZE;
 
-use self::concat::ConcatImage;
 use self::disk::{Backing, Disk};
 use self::request::{MAX_SEGMENTS, MAX_SEGMENT_SIZE};
 
@@ -192,6 +194,26 @@ impl Block {
             Disk::new(Backing::Concat(image), capacity_sectors, true, id),
             exit,
         ))
+    }
+
+    /// An empty read-only slot of `capacity` bytes (a multiple of 512)
+    /// whose contents are swapped through the returned handle.
+    pub fn slot(
+        capacity: u64,
+        serial: String,
+        exit: ExitSender,
+    ) -> Result<(Self, SlotBacking), BlockError> {
+        let id = device_id(&serial)?;
+        let backing = SlotBacking::new(capacity - capacity % SECTOR_SIZE);
+        let label = format!("virtio-blk {serial}");
+        tracing::info!(device = %label, capacity, "empty disk slot");
+        let disk = Disk::new(
+            Backing::Slot(backing.clone()),
+            capacity / SECTOR_SIZE,
+            true,
+            id,
+        );
+        Ok((Self::from_disk(label, disk, exit), backing))
     }
 
     fn from_disk(label: String, disk: Disk, exit: ExitSender) -> Self {

@@ -1055,3 +1055,70 @@ fn concat_block_device_is_read_only_with_the_summed_capacity() {
         .unwrap();
     assert!(matches!(err, BlockError::Concat(_)), "{err}");
 }
+
+/// A slot disk of `sectors` sectors and the handle that swaps it.
+fn slot_disk(sectors: u64) -> (Disk, SlotBacking) {
+    let backing = SlotBacking::new(sectors * SECTOR_SIZE);
+    let disk = Disk::new(
+        disk::Backing::Slot(backing.clone()),
+        sectors,
+        false,
+        device_id("husk-pod-1").unwrap(),
+    );
+    (disk, backing)
+}
+
+fn open_all(paths: &[std::path::PathBuf]) -> ConcatImage {
+    ConcatImage::from_files(paths.iter().map(|p| File::open(p).unwrap()).collect()).unwrap()
+}
+
+#[test]
+fn a_slot_reads_zeros_then_its_images_then_zeros_again() {
+    let mem = memory();
+    let (disk, slot) = slot_disk(32);
+    assert!(disk.is_read_only(), "a slot is read-only whatever it was made with");
+    assert_eq!(disk.capacity_sectors(), 32);
+    assert_eq!(read_sectors(&mem, &disk, 0, &[4096]), vec![0u8; 4096]);
+
+    let l = layers(&LAYER_SECTORS);
+    slot.attach(open_all(&l.paths)).unwrap();
+    let total: u64 = LAYER_SECTORS.iter().sum();
+    // The images, then zeros up to the capacity, in one request across
+    // the image's end and in segments that do not line up with it.
+    let data = read_sectors(&mem, &disk, 0, &[1024, 512, 2048, 512, 3584, 8704]);
+    assert_eq!(data.len() as u64, 32 * SECTOR_SIZE);
+    assert_eq!(data[..l.expected.len()], l.expected[..]);
+    assert!(data[l.expected.len()..].iter().all(|b| *b == 0));
+    let tail = read_sectors(&mem, &disk, total - 1, &[1024]);
+    assert_eq!(tail[..512], l.expected[l.expected.len() - 512..]);
+    assert_eq!(tail[512..], [0u8; 512]);
+    // The capacity holds whatever the image: past it is an error.
+    write_header(&mem, VIRTIO_BLK_T_IN, 32);
+    serve(&mem, &disk, &[header(), desc(DATA_ADDR, 512, W), status_desc()]);
+    assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR as u8);
+    // Writes are refused.
+    write_header(&mem, VIRTIO_BLK_T_OUT, 0);
+    serve(&mem, &disk, &[header(), desc(DATA_ADDR, 512, 0), status_desc()]);
+    assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR as u8);
+
+    // Another member's images replace them; emptied, the slot reads zeros.
+    let other = layers(&[2]);
+    slot.attach(open_all(&other.paths)).unwrap();
+    assert_eq!(read_sectors(&mem, &disk, 0, &[1024]), other.expected);
+    slot.detach();
+    assert_eq!(read_sectors(&mem, &disk, 0, &[1024]), vec![0u8; 1024]);
+}
+
+#[test]
+fn a_slot_device_has_a_fixed_capacity_and_refuses_images_that_do_not_fit() {
+    let (exit, _rx) = mpsc::channel();
+    let (block, slot) = Block::slot(8 * SECTOR_SIZE, "husk-pod-2".into(), exit.clone()).unwrap();
+    assert_eq!(block.capacity_sectors(), 8);
+    assert!(block.is_read_only());
+    let l = layers(&[9]);
+    assert!(matches!(
+        slot.attach(open_all(&l.paths)),
+        Err(SlotError::TooLarge { .. })
+    ));
+    assert!(Block::slot(512, "far-too-long-a-serial-for-virtio".into(), exit).is_err());
+}
