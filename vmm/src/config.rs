@@ -17,6 +17,12 @@ pub const MAX_VCPUS: u8 = 64;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    #[error("--disk-slot {spec:?}: {reason}")]
+    InvalidSlotSpec { spec: String, reason: String },
+    #[error(
+        "disk slots are swapped through the control socket: --disk-slot needs --control-socket"
+    )]
+    SlotsWithoutControlSocket,
     #[error("kernel {path}: {source}")]
     KernelUnreadable {
         path: PathBuf,
@@ -64,6 +70,61 @@ pub enum ConfigError {
 pub struct NetConfig {
     pub tap_fd: i32,
     pub mac: [u8; 6],
+}
+
+/// A read-only disk slot (`--disk-slot SIZE,serial=ID`): a disk of fixed
+/// capacity, zeros until images are attached through the control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSlotConfig {
+    /// Capacity in bytes, a non-zero multiple of 512.
+    pub capacity: u64,
+    pub serial: String,
+}
+
+impl FromStr for DiskSlotConfig {
+    type Err = ConfigError;
+
+    /// `SIZE,serial=ID`; SIZE in bytes or with a K, M, G or T suffix.
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| ConfigError::InvalidSlotSpec {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut parts = spec.split(',');
+        let size = parts.next().unwrap_or_default();
+        let (digits, unit) = match size.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            Some((at, _)) => size.split_at(at),
+            None => (size, ""),
+        };
+        let shift = match unit {
+            "" => 0,
+            "K" => 10,
+            "M" => 20,
+            "G" => 30,
+            "T" => 40,
+            _ => return Err(invalid("SIZE is bytes, or a number with K, M, G or T")),
+        };
+        let capacity = digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1u64 << shift))
+            .filter(|n| *n > 0 && n % 512 == 0 && *n <= i64::MAX as u64)
+            .ok_or_else(|| invalid("SIZE must be a non-zero multiple of 512 bytes"))?;
+        let mut serial = None;
+        for option in parts {
+            match option.split_once('=') {
+                Some(("serial", value)) if serial.is_none() => {
+                    validate_disk_serial(value)?;
+                    serial = Some(value.to_string());
+                }
+                _ => return Err(invalid(&format!("unknown or repeated option {option:?}"))),
+            }
+        }
+        Ok(DiskSlotConfig {
+            capacity,
+            serial: serial.ok_or_else(|| invalid("serial= is missing"))?,
+        })
+    }
 }
 
 impl FromStr for NetConfig {
@@ -314,6 +375,10 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub mem_mib: u64,
     pub disks: Vec<DiskConfig>,
+    /// Read-only disk slots, attached after the disks (see `block::slot`).
+    pub disk_slots: Vec<DiskSlotConfig>,
+    /// Where the VMM takes requests while it runs (swapping disk slots).
+    pub control_socket: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     /// virtio-net NICs, attached after the console.
     pub nets: Vec<NetConfig>,
@@ -334,6 +399,8 @@ impl VmConfig {
             vcpus: 1,
             mem_mib: 256,
             disks: Vec::new(),
+            disk_slots: Vec::new(),
+            control_socket: None,
             console_socket: None,
             nets: Vec::new(),
             serial: SerialOutput::Stdout,
@@ -352,8 +419,13 @@ impl VmConfig {
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
             return Err(ConfigError::InvalidMemory(self.mem_mib));
         }
-        let devices =
-            self.disks.len() + usize::from(self.console_socket.is_some()) + self.nets.len();
+        let devices = self.disks.len()
+            + self.disk_slots.len()
+            + usize::from(self.console_socket.is_some())
+            + self.nets.len();
+        if !self.disk_slots.is_empty() && self.control_socket.is_none() {
+            return Err(ConfigError::SlotsWithoutControlSocket);
+        }
         if devices > VIRTIO_MMIO_MAX_DEVICES as usize {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -387,6 +459,12 @@ impl VmConfig {
                 check_regular_file(&disk.path, "disk list")?;
             } else {
                 check_regular_file(&disk.path, "disk")?;
+            }
+        }
+        for slot in &self.disk_slots {
+            validate_disk_serial(&slot.serial)?;
+            if !serials.insert(slot.serial.clone()) {
+                return Err(ConfigError::DuplicateDiskSerial(slot.serial.clone()));
             }
         }
         let mut fds = std::collections::HashSet::new();
@@ -451,6 +529,28 @@ fn check_vmlinux(path: &Path) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_slots_need_the_control_socket_and_unique_serials() {
+        let payload = tempfile::NamedTempFile::new().unwrap();
+        let mut config = VmConfig::new(BootSource::RawPayload {
+            path: payload.path().to_path_buf(),
+        });
+        config.disk_slots = vec!["1M,serial=husk-pod-1".parse().unwrap()];
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::SlotsWithoutControlSocket)
+        ));
+        config.control_socket = Some("/r/vmm.sock".into());
+        config.validate().unwrap();
+        config
+            .disk_slots
+            .push("2M,serial=husk-pod-1".parse().unwrap());
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::DuplicateDiskSerial(_))
+        ));
+    }
     use std::io::Write;
 
     fn elf_header(class: u8, machine: u16) -> Vec<u8> {

@@ -6,6 +6,7 @@
 
 pub mod boot;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod exit;
 pub mod jail;

@@ -74,6 +74,18 @@ struct Args {
     /// comma.
     #[arg(long = "disk", value_name = "PATH[:ro][,serial=ID]")]
     disks: Vec<DiskConfig>,
+    /// A read-only disk slot of SIZE bytes (a multiple of 512; K, M, G, T
+    /// suffixes), attached after the --disk disks: zeros until the control
+    /// socket attaches images to it (they are read one after the other,
+    /// then zeros up to SIZE, which never changes). Repeatable.
+    #[arg(long = "disk-slot", value_name = "SIZE,serial=ID")]
+    disk_slots: Vec<husk_vmm::config::DiskSlotConfig>,
+    /// Unix socket (created, listening) for requests while the VM runs:
+    /// attach images to a disk slot (their descriptors passed with
+    /// SCM_RIGHTS: the jailed VMM opens no file) or empty it. See
+    /// `husk_vmm::control`.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// Unix socket (created, listening) bridged to the virtio console port.
     #[arg(long)]
     console_socket: Option<PathBuf>,
@@ -153,6 +165,8 @@ impl Args {
         config.vcpus = self.vcpus;
         config.mem_mib = self.mem_mib;
         config.disks = self.disks;
+        config.disk_slots = self.disk_slots;
+        config.control_socket = self.control_socket;
         config.console_socket = self.console_socket;
         config.nets = self.nets;
         config.serial = self.serial_log;
@@ -223,6 +237,19 @@ fn main() -> ExitCode {
     #[cfg(debug_assertions)]
     let violate = args.debug_seccomp_violation;
     let config = args.into_config();
+    // Bound now: its path is the host's, out of reach once jailed.
+    let control = match config
+        .control_socket
+        .as_deref()
+        .map(husk_vmm::control::bind)
+    {
+        Some(Ok(listener)) => Some(listener),
+        Some(Err(e)) => {
+            eprintln!("husk-vmm: control socket: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
     let vm = match Vm::new(&config, process_start) {
         Ok(vm) => vm,
         Err(e) => {
@@ -239,6 +266,13 @@ fn main() -> ExitCode {
     if violate {
         if let Err(e) = husk_vmm::devices::virtio::seccomp_violation_self_test() {
             eprintln!("husk-vmm: {e}");
+        }
+    }
+    if let Some(listener) = control {
+        // Its thread installs the device workers' filter itself.
+        if let Err(e) = husk_vmm::control::spawn(listener, vm.disk_slots()) {
+            eprintln!("husk-vmm: control socket: {e}");
+            return ExitCode::FAILURE;
         }
     }
     if let Some(stop) = &stop_signals {
@@ -485,6 +519,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("concat disks are read-only"), "{err}");
+    }
+
+    #[test]
+    fn disk_slots_and_the_control_socket_parse_into_the_config() {
+        let config = parse(&[
+            "--disk-slot",
+            "16G,serial=husk-pod-1",
+            "--disk-slot",
+            "1048576,serial=husk-pod-2",
+            "--control-socket",
+            "/r/vmm.sock",
+        ]);
+        assert_eq!(config.disk_slots.len(), 2);
+        assert_eq!(config.disk_slots[0].capacity, 16 << 30);
+        assert_eq!(config.disk_slots[0].serial, "husk-pod-1");
+        assert_eq!(config.disk_slots[1].capacity, 1 << 20);
+        assert_eq!(
+            config.control_socket.as_deref(),
+            Some(std::path::Path::new("/r/vmm.sock"))
+        );
+        for bad in [
+            "16G",
+            "100,serial=x",
+            "0,serial=x",
+            "1Q,serial=x",
+            "1G,serial=a,b",
+            "1G,serial=a b",
+        ] {
+            assert!(
+                Args::try_parse_from(["husk-vmm", "--raw-payload", "/p", "--disk-slot", bad])
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -171,6 +171,11 @@ impl Vm {
     }
 
     /// A sender for reasons found outside the VM (e.g. a stop signal).
+    /// The disk slots' swap handles, by serial (for the control socket).
+    pub fn disk_slots(&self) -> Vec<(String, crate::devices::virtio::block::SlotBacking)> {
+        self._virtio.disk_slots().to_vec()
+    }
+
     pub fn exit_sender(&self) -> ExitSender {
         self.exit_tx.clone()
     }

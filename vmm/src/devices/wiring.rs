@@ -14,7 +14,7 @@ use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
 use super::bus::{Bus, BusError};
-use super::virtio::block::Block;
+use super::virtio::block::{Block, SlotBacking};
 use super::virtio::console::Console;
 use super::virtio::net::{Net, Tap};
 use super::virtio::{Interrupt, MmioTransport, TransportError, VirtioDevice, QUEUE_NOTIFY_OFFSET};
@@ -53,12 +53,19 @@ pub enum VirtioError {
 #[derive(Default)]
 pub struct VirtioDevices {
     slots: Vec<DeviceSlot>,
+    /// The disk slots' swap handles, by serial (for the control socket).
+    disk_slots: Vec<(String, SlotBacking)>,
 }
 
 impl VirtioDevices {
     /// The windows and IRQs in attach order, for the command line.
     pub fn slots(&self) -> &[DeviceSlot] {
         &self.slots
+    }
+
+    /// The disk slots' swap handles, by serial.
+    pub fn disk_slots(&self) -> &[(String, SlotBacking)] {
+        &self.disk_slots
     }
 }
 
@@ -78,6 +85,18 @@ pub fn attach(
         attached
             .slots
             .push(attach_one(name, device, vm_fd, mem, mmio, slots)?);
+    }
+    for (index, slot) in config.disk_slots.iter().enumerate() {
+        let name = disk_name(config.disks.len() + index);
+        let (device, handle) = Block::slot(slot.capacity, slot.serial.clone(), exit.clone())
+            .map_err(|e| VirtioError::Device {
+                device: name.clone(),
+                detail: e.to_string(),
+            })?;
+        attached.disk_slots.push((slot.serial.clone(), handle));
+        attached
+            .slots
+            .push(attach_one(name, Box::new(device), vm_fd, mem, mmio, slots)?);
     }
     if let Some(socket) = &config.console_socket {
         let name = "console".to_string();

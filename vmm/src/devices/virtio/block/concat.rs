@@ -167,8 +167,8 @@ impl ConcatImage {
             }
             opened.push((path, file, len));
         }
-        let starts = layout(opened.iter().map(|(_, _, len)| *len))
-            .ok_or(ConcatError::TooLarge { list })?;
+        let starts =
+            layout(opened.iter().map(|(_, _, len)| *len)).ok_or(ConcatError::TooLarge { list })?;
         let size = starts.last().copied().unwrap_or(0);
         let components = opened
             .into_iter()

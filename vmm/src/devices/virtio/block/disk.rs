@@ -17,8 +17,8 @@ use vm_memory::{
 };
 
 use super::concat::ConcatImage;
-use super::slot::SlotBacking;
 use super::request::{Request, RequestKind, SECTOR_SIZE};
+use super::slot::SlotBacking;
 
 /// Length of the GET_ID answer.
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;

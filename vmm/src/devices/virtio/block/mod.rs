@@ -32,11 +32,11 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+pub use concat::ConcatImage;
 pub use concat::{ConcatError, MAX_COMPONENTS};
 pub use disk::ID_BYTES;
-pub use slot::{SlotBacking, SlotError};
-pub use concat::ConcatImage;
 pub use request::SECTOR_SIZE;
+pub use slot::{SlotBacking, SlotError};
 
 use self::disk::{Backing, Disk};
 use self::request::{MAX_SEGMENTS, MAX_SEGMENT_SIZE};

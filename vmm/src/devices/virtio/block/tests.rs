@@ -1076,7 +1076,10 @@ fn open_all(paths: &[std::path::PathBuf]) -> ConcatImage {
 fn a_slot_reads_zeros_then_its_images_then_zeros_again() {
     let mem = memory();
     let (disk, slot) = slot_disk(32);
-    assert!(disk.is_read_only(), "a slot is read-only whatever it was made with");
+    assert!(
+        disk.is_read_only(),
+        "a slot is read-only whatever it was made with"
+    );
     assert_eq!(disk.capacity_sectors(), 32);
     assert_eq!(read_sectors(&mem, &disk, 0, &[4096]), vec![0u8; 4096]);
 
@@ -1094,11 +1097,19 @@ fn a_slot_reads_zeros_then_its_images_then_zeros_again() {
     assert_eq!(tail[512..], [0u8; 512]);
     // The capacity holds whatever the image: past it is an error.
     write_header(&mem, VIRTIO_BLK_T_IN, 32);
-    serve(&mem, &disk, &[header(), desc(DATA_ADDR, 512, W), status_desc()]);
+    serve(
+        &mem,
+        &disk,
+        &[header(), desc(DATA_ADDR, 512, W), status_desc()],
+    );
     assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR as u8);
     // Writes are refused.
     write_header(&mem, VIRTIO_BLK_T_OUT, 0);
-    serve(&mem, &disk, &[header(), desc(DATA_ADDR, 512, 0), status_desc()]);
+    serve(
+        &mem,
+        &disk,
+        &[header(), desc(DATA_ADDR, 512, 0), status_desc()],
+    );
     assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR as u8);
 
     // Another member's images replace them; emptied, the slot reads zeros.
