@@ -320,7 +320,7 @@ impl TaskService {
             backend: String::new(),
             owner: "containerd".into(),
         };
-        let pod = pod_role(root, &bundle.spec, selected.plan);
+        let pod = pod_role(root, &bundle.spec);
         // A pod's container in a VM of its own shares nothing with its
         // sandbox's: the IPC and UTS namespaces CRI names by (host) path
         // are fresh ones in its VM.
@@ -676,22 +676,14 @@ impl TaskService {
 /// The shim's own files for a task (not in the lifecycle's state root,
 /// whose entries are all containers).
 /// A task's part in a pod that shares one VM: a CRI sandbox's VM takes
-/// its pod's containers in (QEMU backends: husk-vmm has no layer-disk
-/// slots yet); a container joins its sandbox's VM when that VM takes
-/// members. Otherwise, as before, each task gets a VM of its own.
-fn pod_role(root: &Path, spec: &oci_spec::runtime::Spec, plan: select::Plan) -> Option<PodRole> {
+/// its pod's containers in; a container joins its sandbox's VM when that
+/// VM takes members (a sandbox made by an older shim does not: then, as
+/// before, the container gets a VM of its own).
+fn pod_role(root: &Path, spec: &oci_spec::runtime::Spec) -> Option<PodRole> {
     match crate::bootstrap::cri_role(spec) {
-        crate::bootstrap::CriRole::Sandbox => match plan {
-            select::Plan::Qemu(_) => Some(PodRole::Sandbox {
-                slots: husk::sandbox::pod::POD_SLOTS,
-            }),
-            select::Plan::HuskVmm { .. } => {
-                containerd_shim::warn!(
-                    "husk-vmm has no layer-disk slots yet: each container of this pod gets a VM of its own"
-                );
-                None
-            }
-        },
+        crate::bootstrap::CriRole::Sandbox => Some(PodRole::Sandbox {
+            slots: husk::sandbox::pod::POD_SLOTS,
+        }),
         crate::bootstrap::CriRole::Member(sandbox) => {
             let takes_members = StateDir::open(root, &sandbox)
                 .ok()

@@ -100,6 +100,17 @@ impl HuskVmmBackend {
             spec.push_str(&disk.serial);
             cmd.arg("--disk").arg(spec);
         }
+        // A pod's spare layer disks, swapped through the control socket.
+        if let Some(slots) = &config.pod {
+            for index in 0..slots.count as usize {
+                cmd.arg("--disk-slot").arg(format!(
+                    "{},serial={}",
+                    super::pod::SLOT_BYTES,
+                    super::pod::slot_serial(index)
+                ));
+            }
+            cmd.arg("--control-socket").arg(&slots.control_socket);
+        }
         match self.nested_pvm {
             Some(true) => {
                 cmd.arg("--nested-pvm-workarounds");
@@ -208,12 +219,6 @@ impl VmBackend for HuskVmmBackend {
     }
 
     fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError> {
-        if config.pod.is_some() {
-            return Err(BackendError::Config(
-                "one VM per pod needs layer-disk slots, which only the QEMU backend has so far"
-                    .into(),
-            ));
-        }
         let jail = Jail::prepare(config)?;
         spawn_vm(
             self.kind(),
@@ -283,6 +288,25 @@ mod tests {
             joined.contains("--net tap-fd=100,mac=02:68:0a:58:00:02"),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn a_pod_vm_gets_disk_slots_and_a_control_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("l0.erofs"), [0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("l1.erofs"), [0u8; 1024]).unwrap();
+        let mut c = config(dir.path());
+        c.pod = Some(crate::sandbox::pod::PodSlots::in_dir(
+            std::path::Path::new("/r"),
+            2,
+        ));
+        let cmd = HuskVmmBackend::with_program(std::path::Path::new("/bin/husk-vmm"))
+            .with_nested_pvm(false)
+            .command(&c)
+            .unwrap();
+        let args = args(&cmd);
+        let line = args.join(" ");
+        assert!(line.contains("--disk-slot 17179869184,serial=husk-pod-1 --disk-slot 17179869184,serial=husk-pod-2 --control-socket /r/vmm-control.sock"), "{line}");
     }
 
     #[test]

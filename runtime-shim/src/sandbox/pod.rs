@@ -9,8 +9,11 @@
 //! [`SLOT_BYTES`] (so the guest's idea of the disk's capacity stays right
 //! and no config-change interrupt is needed), attached through QMP
 //! (`blockdev-add`, then `blockdev-reopen` of the slot's raw node with the
-//! new `file` child). Removing the member swaps the empty file back. The
-//! agent drops its cache of the disk before mounting a slot again.
+//! new `file` child). With husk-vmm the slots are `--disk-slot`s of the same
+//! size, and the layer files are handed to its control socket open
+//! (SCM_RIGHTS: the jailed VMM opens nothing). Removing the member empties
+//! the slot again. The agent drops its cache of the disk before mounting a
+//! slot again.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -45,7 +48,10 @@ pub struct PodSlots {
     pub count: u32,
     /// The sparse empty file every free slot reads.
     pub empty: PathBuf,
+    /// QEMU's QMP socket.
     pub qmp_socket: PathBuf,
+    /// husk-vmm's control socket.
+    pub control_socket: PathBuf,
 }
 
 impl PodSlots {
@@ -55,6 +61,7 @@ impl PodSlots {
             count,
             empty: dir.join("pod-empty.img"),
             qmp_socket: dir.join("qmp.sock"),
+            control_socket: dir.join("vmm-control.sock"),
         }
     }
 
@@ -80,6 +87,8 @@ pub enum PodError {
     TooBig { bytes: u64 },
     #[error("QMP: {0}")]
     Qmp(String),
+    #[error("husk-vmm's control socket: {0}")]
+    Control(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -263,6 +272,107 @@ pub fn qemu_args(slots: &PodSlots) -> Result<Vec<String>, BackendError> {
     Ok(args)
 }
 
+/// What swaps a pod VM's slots: QEMU's QMP or husk-vmm's control socket.
+pub trait SlotSwitch: Send {
+    /// Slot `index` now reads `parts` one after the other (then zeros).
+    fn attach(&mut self, index: usize, parts: &[PathBuf]) -> Result<(), PodError>;
+    /// Slot `index` reads zeros again; the member's files are closed.
+    fn detach(&mut self, index: usize) -> Result<(), PodError>;
+}
+
+/// The slot switch for a VM of backend `kind`.
+pub fn connect(
+    kind: super::backend::BackendKind,
+    slots: PodSlots,
+) -> Result<Box<dyn SlotSwitch>, PodError> {
+    Ok(match kind {
+        super::backend::BackendKind::HuskVmm => Box::new(VmmSlots::new(slots)),
+        _ => Box::new(QemuSlots::connect(slots)?),
+    })
+}
+
+/// husk-vmm's slots: one request per connection to its control socket, a
+/// JSON line with the layer files' descriptors attached.
+pub struct VmmSlots {
+    slots: PodSlots,
+}
+
+impl VmmSlots {
+    pub fn new(slots: PodSlots) -> Self {
+        VmmSlots { slots }
+    }
+
+    fn request(&self, line: Value, files: &[std::fs::File]) -> Result<(), PodError> {
+        use std::os::fd::AsRawFd;
+        let failed = |e: String| PodError::Control(e);
+        let stream = UnixStream::connect(&self.slots.control_socket)
+            .map_err(|e| failed(format!("{}: {e}", self.slots.control_socket.display())))?;
+        stream
+            .set_read_timeout(Some(QMP_TIMEOUT))
+            .map_err(|e| failed(e.to_string()))?;
+        let mut bytes = serde_json::to_vec(&line).map_err(|e| failed(e.to_string()))?;
+        bytes.push(b'\n');
+        let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let iov = [std::io::IoSlice::new(&bytes)];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        // One message: the request and its descriptors arrive together.
+        let sent = nix::sys::socket::sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            if fds.is_empty() { &[] } else { &cmsg },
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| failed(format!("sending: {e}")))?;
+        if sent != bytes.len() {
+            return Err(failed("the request was cut short".into()));
+        }
+        let mut reply = Vec::new();
+        Read::take(BufReader::new(&stream), MAX_QMP_LINE as u64)
+            .read_until(b'\n', &mut reply)
+            .map_err(|e| failed(format!("reading the reply: {e}")))?;
+        match serde_json::from_slice::<Value>(&reply) {
+            Ok(Value::String(ok)) if ok == "ok" => Ok(()),
+            Ok(value) => match value.get("error").and_then(Value::as_str) {
+                Some(message) => Err(failed(message.to_string())),
+                None => Err(failed(format!("unexpected reply {value}"))),
+            },
+            Err(e) => Err(failed(format!("bad reply: {e}"))),
+        }
+    }
+}
+
+impl SlotSwitch for VmmSlots {
+    fn attach(&mut self, index: usize, parts: &[PathBuf]) -> Result<(), PodError> {
+        let bytes: u64 = concat_part_sizes(parts)?.iter().sum();
+        if bytes > SLOT_BYTES {
+            return Err(PodError::TooBig { bytes });
+        }
+        let files = parts
+            .iter()
+            .map(|part| {
+                std::fs::File::open(part)
+                    .map_err(|e| PodError::Control(format!("{}: {e}", part.display())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.request(json!({"attach": {"serial": slot_serial(index)}}), &files)
+    }
+
+    fn detach(&mut self, index: usize) -> Result<(), PodError> {
+        self.request(json!({"detach": {"serial": slot_serial(index)}}), &[])
+    }
+}
+
+impl SlotSwitch for QemuSlots {
+    fn attach(&mut self, index: usize, parts: &[PathBuf]) -> Result<(), PodError> {
+        QemuSlots::attach(self, index, parts)
+    }
+
+    fn detach(&mut self, index: usize) -> Result<(), PodError> {
+        QemuSlots::detach(self, index)
+    }
+}
+
 /// Swaps the backing of a QEMU pod VM's slots.
 pub struct QemuSlots {
     qmp: Qmp,
@@ -443,6 +553,41 @@ mod tests {
             "{args}"
         );
         assert!(!args.contains("pod-3"), "{args}");
+    }
+
+    /// The host's side against husk-vmm's own control-socket code: the
+    /// request and its descriptors arrive, the slot takes the files.
+    #[test]
+    fn husk_vmm_slots_are_swapped_over_its_control_socket() {
+        use husk_vmm::devices::virtio::block::SlotBacking;
+        let dir = tempfile::tempdir().unwrap();
+        let slots = PodSlots::in_dir(dir.path(), 2);
+        let listener = std::os::unix::net::UnixListener::bind(&slots.control_socket).unwrap();
+        let backing = vec![
+            (slot_serial(0), SlotBacking::new(SLOT_BYTES)),
+            (slot_serial(1), SlotBacking::new(SLOT_BYTES)),
+        ];
+        let served = backing.clone();
+        let vmm = std::thread::spawn(move || {
+            for stream in listener.incoming().take(3) {
+                husk_vmm::control::serve_one(&stream.unwrap(), &served);
+            }
+        });
+        let layer = dir.path().join("layer.erofs");
+        std::fs::write(&layer, [1u8; 1024]).unwrap();
+        let mut switch = VmmSlots::new(slots);
+        switch.attach(1, std::slice::from_ref(&layer)).unwrap();
+        assert!(!backing[0].1.is_attached());
+        assert!(backing[1].1.is_attached());
+        let odd = dir.path().join("odd.erofs");
+        std::fs::write(&odd, [1u8; 100]).unwrap();
+        // Refused on the host already: nothing is sent.
+        assert!(switch.attach(0, std::slice::from_ref(&odd)).is_err());
+        let err = switch.attach(7, std::slice::from_ref(&layer)).unwrap_err();
+        assert!(err.to_string().contains("no disk slot"), "{err}");
+        switch.detach(1).unwrap();
+        assert!(!backing[1].1.is_attached());
+        vmm.join().unwrap();
     }
 
     /// The real swap, against QEMU itself (paused, no guest): the slot's

@@ -35,7 +35,7 @@ use husk_protocol::{
 use serde::{Deserialize, Serialize};
 
 use crate::sandbox::agent_client::{AgentClient, AgentError};
-use crate::sandbox::pod::{slot_serial, PodError, QemuSlots, SlotTable};
+use crate::sandbox::pod::{slot_serial, PodError, SlotSwitch, SlotTable};
 
 /// Member process ids live above this shift (see the module docs).
 const MEMBER_SHIFT: u32 = 24;
@@ -300,7 +300,8 @@ pub struct PodRelay {
     listener: UnixListener,
     socket: PathBuf,
     table: SlotTable,
-    qemu: QemuSlots,
+    /// QMP or husk-vmm's control socket.
+    switch: Box<dyn SlotSwitch>,
     /// By slot.
     members: Vec<Option<Member>>,
     pending: HashMap<RequestId, Pending>,
@@ -311,7 +312,7 @@ impl PodRelay {
         sandbox: &str,
         agent_version: &str,
         socket: PathBuf,
-        qemu: QemuSlots,
+        switch: Box<dyn SlotSwitch>,
         slots: usize,
     ) -> io::Result<Self> {
         let _ = std::fs::remove_file(&socket);
@@ -323,7 +324,7 @@ impl PodRelay {
             listener,
             socket,
             table: SlotTable::new(slots),
-            qemu,
+            switch,
             members: (0..slots).map(|_| None).collect(),
             pending: HashMap::new(),
         })
@@ -370,7 +371,7 @@ impl PodRelay {
                 .table
                 .take(&join.container_id)
                 .map_err(|e| e.to_string())?;
-            if let Err(e) = self.qemu.attach(slot, &join.parts) {
+            if let Err(e) = self.switch.attach(slot, &join.parts) {
                 self.table.release(slot);
                 return Err(e.to_string());
             }
@@ -538,7 +539,7 @@ impl PodRelay {
 
     /// The slot's disk reads nothing again and is free.
     fn empty_slot(&mut self, slot: usize) {
-        match self.qemu.detach(slot) {
+        match self.switch.detach(slot) {
             Ok(()) => self.table.release(slot),
             Err(e) => {
                 tracing::warn!(slot, error = %e, "emptying a pod slot; it is not reused");

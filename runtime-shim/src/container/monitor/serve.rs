@@ -28,7 +28,7 @@ use crate::sandbox::agent_client::AgentClient;
 use crate::sandbox::agent_client::{AgentError, TICK};
 use crate::sandbox::backend::{DiskImage, VmConfig, VmProcess};
 use crate::sandbox::launch::exec_failure_code;
-use crate::sandbox::pod::{PodSlots, QemuSlots};
+use crate::sandbox::pod::PodSlots;
 use crate::sandbox::rundir::RunDir;
 use crate::sandbox::select::{self, Plan};
 use crate::sandbox::signals::{SignalWatch, FORWARDED};
@@ -155,14 +155,14 @@ pub(super) fn serve(
     let relay = match vm_config.pod.clone() {
         Some(slots) => {
             let count = slots.count as usize;
-            let relay = QemuSlots::connect(slots)
+            let relay = crate::sandbox::pod::connect(inst.vm.kind(), slots)
                 .map_err(|e| e.to_string())
-                .and_then(|qemu| {
+                .and_then(|switch| {
                     PodRelay::new(
                         &id,
                         &inst.agent_version,
                         pod_socket(&sd.sockets_dir()),
-                        qemu,
+                        switch,
                         count,
                     )
                     .map_err(|e| format!("the pod socket: {e}"))
