@@ -619,3 +619,91 @@ fn a_seccomp_violation_in_a_worker_kills_the_vmm_with_sigsys() {
         "stderr: {stderr}"
     );
 }
+
+/// The control socket works inside the jail: its thread (under the device
+/// workers' seccomp filter, unprivileged, in the empty root) takes a
+/// request with a passed descriptor, attaches it to a disk slot, empties
+/// the slot again, and refuses nonsense, while the guest runs on.
+#[test]
+fn the_control_socket_swaps_a_disk_slot_inside_the_jail() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    if !kvm_usable() {
+        husk_test_skip::skip("/dev/kvm cannot be opened read-write");
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        husk_test_skip::skip("dropping to another uid needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let jail = dir.path().join("jail");
+    let socket = dir.path().join("control.sock");
+    std::fs::create_dir(&jail).unwrap();
+    let (mut child, _payload) = start_vmm(
+        &bsp_payload(SPIN),
+        &[
+            "--serial-log",
+            log.to_str().unwrap(),
+            "--jail-root",
+            jail.to_str().unwrap(),
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+            "--disk-slot",
+            "1M,serial=husk-pod-1",
+            "--control-socket",
+            socket.to_str().unwrap(),
+        ],
+        Stdio::null(),
+        Stdio::piped(),
+    );
+    let running = wait_for(&mut child, Duration::from_secs(10), || {
+        std::fs::read(&log).unwrap_or_default().contains(&b'B')
+    });
+    let mut image = tempfile::tempfile().unwrap();
+    image.write_all(&[0x5a; 4096]).unwrap();
+    let ask = |line: &str, fds: &[i32]| -> String {
+        let stream = UnixStream::connect(&socket).expect("connect to the control socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .send_with_fds(&[format!("{line}\n").as_bytes()], fds)
+            .unwrap();
+        let mut reply = String::new();
+        let _ = BufReader::new(&stream).read_line(&mut reply);
+        reply
+    };
+    let replies = if running {
+        vec![
+            ask(
+                r#"{"attach":{"serial":"husk-pod-1"}}"#,
+                &[image.as_raw_fd()],
+            ),
+            ask(r#"{"detach":{"serial":"husk-pod-1"}}"#, &[]),
+            ask(
+                r#"{"attach":{"serial":"husk-pod-9"}}"#,
+                &[image.as_raw_fd()],
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
+    let alive = child.try_wait().unwrap().is_none();
+    let (status, _) = terminate(&mut child);
+    let stderr = read_all(child.stderr.take());
+    assert!(running, "the guest did not run; stderr: {stderr}");
+    assert!(
+        alive,
+        "husk-vmm died serving the socket: {status}; stderr: {stderr}"
+    );
+    assert_eq!(replies[0].trim(), r#""ok""#, "stderr: {stderr}");
+    assert_eq!(replies[1].trim(), r#""ok""#, "stderr: {stderr}");
+    assert!(replies[2].contains("no disk slot"), "{}", replies[2]);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "stderr: {stderr}");
+}
