@@ -29,9 +29,9 @@ use containerd_shim::{DeleteResponse, ExitSignal, Flags, StartOpts};
 
 use crate::{options, task};
 
-/// The CRI annotations that group a pod's containers into one shim.
-const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+use husk::container::monitor::pod::{cri_role, CriRole};
+#[cfg(test)]
+use husk::container::monitor::pod::{CRI_CONTAINER_TYPE, CRI_SANDBOX_ID};
 
 const TASK_V3: &str = "/containerd.task.v3.Task/";
 const TASK_V2: &str = "/containerd.task.v2.Task/";
@@ -61,31 +61,6 @@ pub fn main() -> i32 {
             eprintln!("containerd-shim-husk-v2: {e:#}");
             1
         }
-    }
-}
-
-/// A task's part in a CRI pod, from its spec's annotations.
-#[derive(Debug, PartialEq, Eq)]
-pub enum CriRole {
-    /// The pod's sandbox (its pause container).
-    Sandbox,
-    /// A container of the pod whose sandbox has this id.
-    Member(String),
-    /// Not part of a pod.
-    Alone,
-}
-
-pub fn cri_role(spec: &oci_spec::runtime::Spec) -> CriRole {
-    let annotations = spec.annotations().clone().unwrap_or_default();
-    match (
-        annotations.get(CRI_CONTAINER_TYPE).map(String::as_str),
-        annotations.get(CRI_SANDBOX_ID),
-    ) {
-        (Some("sandbox"), _) => CriRole::Sandbox,
-        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => {
-            CriRole::Member(sandbox.clone())
-        }
-        _ => CriRole::Alone,
     }
 }
 

@@ -29,7 +29,7 @@ use containerd_shim::util::convert_to_any;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use husk::container::control::{ControlClient, ControlReply, ControlRequest};
 use husk::container::instance::INIT_PROCESS;
-use husk::container::monitor::{InitStdio, MonitorConfig, PodRole};
+use husk::container::monitor::{pod, InitStdio, MonitorConfig};
 use husk::container::state::{now_rfc3339, Op, State, StateDir, Status};
 use husk::container::{self as lifecycle};
 use husk::sandbox::launch::vm_memory_mib;
@@ -320,26 +320,11 @@ impl TaskService {
             backend: String::new(),
             owner: "containerd".into(),
         };
-        let pod = pod_role(root, &bundle.spec);
-        // A pod's container in a VM of its own shares nothing with its
-        // sandbox's: the IPC and UTS namespaces CRI names by (host) path
-        // are fresh ones in its VM.
-        let spec = match (&pod, crate::bootstrap::cri_role(&bundle.spec)) {
-            (None, crate::bootstrap::CriRole::Member(_)) => own_namespaces(&bundle.spec),
-            _ => bundle.spec.clone(),
-        };
+        let pod = pod::pod_role(root, &bundle.spec);
         // The pod's network namespace (CNI): the VM joins it with tc, as
         // Kata's tcfilter model; the monitor releases it when it ends. A
         // member of a pod's VM is in its sandbox's network already.
-        let network = match &pod {
-            Some(PodRole::Member { .. }) => husk::network::cni::SpecNetwork {
-                spec: spec.clone(),
-                nics: Vec::new(),
-                agent: None,
-                release: None,
-            },
-            _ => husk::network::cni::from_spec(&spec, &req.id)?,
-        };
+        let network = pod::spec_network(&bundle.spec, &req.id, pod.as_ref())?;
         let mut network_guard = husk::network::ReleaseGuard(network.release.clone());
         let config = MonitorConfig {
             backend: selected.plan.as_str().to_string(),
@@ -675,60 +660,6 @@ impl TaskService {
 
 /// The shim's own files for a task (not in the lifecycle's state root,
 /// whose entries are all containers).
-/// A task's part in a pod that shares one VM: a CRI sandbox's VM takes
-/// its pod's containers in; a container joins its sandbox's VM when that
-/// VM takes members (a sandbox made by an older shim does not: then, as
-/// before, the container gets a VM of its own).
-fn pod_role(root: &Path, spec: &oci_spec::runtime::Spec) -> Option<PodRole> {
-    match crate::bootstrap::cri_role(spec) {
-        crate::bootstrap::CriRole::Sandbox => Some(PodRole::Sandbox {
-            slots: husk::sandbox::pod::POD_SLOTS,
-        }),
-        crate::bootstrap::CriRole::Member(sandbox) => {
-            let takes_members = StateDir::open(root, &sandbox)
-                .ok()
-                .and_then(|dir| fs::read(dir.monitor_config()).ok())
-                .and_then(|bytes| serde_json::from_slice::<MonitorConfig>(&bytes).ok())
-                .is_some_and(|config| matches!(config.pod, Some(PodRole::Sandbox { .. })));
-            if takes_members {
-                Some(PodRole::Member {
-                    sandbox_root: root.to_path_buf(),
-                    sandbox_id: sandbox,
-                })
-            } else {
-                containerd_shim::warn!(
-                    "the pod's sandbox {sandbox} has no VM to share: this container gets its own"
-                );
-                None
-            }
-        }
-        crate::bootstrap::CriRole::Alone => None,
-    }
-}
-
-/// `spec` with its IPC and UTS namespaces fresh (paths dropped).
-fn own_namespaces(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
-    use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType};
-    let mut spec = spec.clone();
-    if let Some(linux) = spec.linux_mut() {
-        let namespaces = linux.namespaces().clone().map(|all| {
-            all.into_iter()
-                .map(|ns| match ns.typ() {
-                    LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts if ns.path().is_some() => {
-                        LinuxNamespaceBuilder::default()
-                            .typ(ns.typ())
-                            .build()
-                            .unwrap_or(ns)
-                    }
-                    _ => ns,
-                })
-                .collect()
-        });
-        linux.set_namespaces(namespaces);
-    }
-    spec
-}
-
 pub fn own_dir(state_root: &Path, namespace: &str, id: &str) -> PathBuf {
     state_root.join(format!("{namespace}.shim")).join(id)
 }

@@ -392,9 +392,12 @@ fn create(
         backend: String::new(),
         owner: owner(),
     };
+    // The CRI annotations: a pod's containers share its sandbox's VM.
+    let pod = crate::container::monitor::pod::pod_role(&cli.root, &bundle.spec);
     // A network namespace path (CNI): the VM joins it; undone by the
     // monitor when it ends, or by this guard if the monitor never runs.
-    let network = crate::network::cni::from_spec(&bundle.spec, &args.id)?;
+    let network =
+        crate::container::monitor::pod::spec_network(&bundle.spec, &args.id, pod.as_ref())?;
     let mut network_guard = crate::network::ReleaseGuard(network.release.clone());
     let config = MonitorConfig {
         backend: selected.plan.as_str().to_string(),
@@ -423,7 +426,7 @@ fn create(
         auto_remove: false,
         nics: network.nics.clone(),
         network: network.release.clone(),
-        pod: None,
+        pod,
     };
     let (child, state) = lifecycle::create(&cli.root, &config, cli.log_level())?;
     // The monitor runs and owns the network now.

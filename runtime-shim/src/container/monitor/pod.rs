@@ -37,6 +37,112 @@ use serde::{Deserialize, Serialize};
 use crate::sandbox::agent_client::{AgentClient, AgentError};
 use crate::sandbox::pod::{slot_serial, PodError, SlotSwitch, SlotTable};
 
+/// The CRI annotations that make a container part of a pod.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// A container's part in a CRI pod, from its spec's annotations.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CriRole {
+    /// The pod's sandbox (its pause container).
+    Sandbox,
+    /// A container of the pod whose sandbox has this id.
+    Member(String),
+    /// Not part of a pod.
+    Alone,
+}
+
+pub fn cri_role(spec: &oci_spec::runtime::Spec) -> CriRole {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    match (
+        annotations.get(CRI_CONTAINER_TYPE).map(String::as_str),
+        annotations.get(CRI_SANDBOX_ID),
+    ) {
+        (Some("sandbox"), _) => CriRole::Sandbox,
+        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => {
+            CriRole::Member(sandbox.clone())
+        }
+        _ => CriRole::Alone,
+    }
+}
+
+/// A container's part in a pod that shares one VM (its state directory
+/// under `root`): a CRI sandbox's VM takes its pod's containers in; a
+/// container joins its sandbox's VM when that VM takes members (one made
+/// by an older husk does not: then, as before, the container gets a VM of
+/// its own, with [`own_namespaces`]).
+pub fn pod_role(root: &Path, spec: &oci_spec::runtime::Spec) -> Option<super::PodRole> {
+    match cri_role(spec) {
+        CriRole::Sandbox => Some(super::PodRole::Sandbox {
+            slots: crate::sandbox::pod::POD_SLOTS,
+        }),
+        CriRole::Member(sandbox) => {
+            let takes_members = crate::container::state::StateDir::open(root, &sandbox)
+                .ok()
+                .and_then(|dir| std::fs::read(dir.monitor_config()).ok())
+                .and_then(|bytes| serde_json::from_slice::<super::MonitorConfig>(&bytes).ok())
+                .is_some_and(|config| matches!(config.pod, Some(super::PodRole::Sandbox { .. })));
+            if takes_members {
+                Some(super::PodRole::Member {
+                    sandbox_root: root.to_path_buf(),
+                    sandbox_id: sandbox,
+                })
+            } else {
+                tracing::warn!(
+                    "the pod's sandbox {sandbox} has no VM to share: this container gets its own"
+                );
+                None
+            }
+        }
+        CriRole::Alone => None,
+    }
+}
+
+/// `spec` with fresh IPC and UTS namespaces (their paths dropped): a pod's
+/// container in a VM of its own shares nothing with its sandbox's.
+pub fn own_namespaces(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
+    use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType};
+    let mut spec = spec.clone();
+    if let Some(linux) = spec.linux_mut() {
+        let namespaces = linux.namespaces().clone().map(|all| {
+            all.into_iter()
+                .map(|ns| match ns.typ() {
+                    LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts if ns.path().is_some() => {
+                        LinuxNamespaceBuilder::default()
+                            .typ(ns.typ())
+                            .build()
+                            .unwrap_or(ns)
+                    }
+                    _ => ns,
+                })
+                .collect()
+        });
+        linux.set_namespaces(namespaces);
+    }
+    spec
+}
+
+/// The spec and network of a container for its monitor: a pod member in
+/// its sandbox's VM is in the sandbox's network already; one in a VM of
+/// its own gets fresh IPC and UTS namespaces; everyone else joins a CNI
+/// namespace path as before (`cni::from_spec`).
+pub fn spec_network(
+    spec: &oci_spec::runtime::Spec,
+    id: &str,
+    pod: Option<&super::PodRole>,
+) -> Result<crate::network::cni::SpecNetwork, crate::network::NetworkError> {
+    match (pod, cri_role(spec)) {
+        (Some(super::PodRole::Member { .. }), _) => Ok(crate::network::cni::SpecNetwork {
+            spec: spec.clone(),
+            nics: Vec::new(),
+            agent: None,
+            release: None,
+        }),
+        (None, CriRole::Member(_)) => crate::network::cni::from_spec(&own_namespaces(spec), id),
+        _ => crate::network::cni::from_spec(spec, id),
+    }
+}
+
 /// Member process ids live above this shift (see the module docs).
 const MEMBER_SHIFT: u32 = 24;
 const LOCAL_LIMIT: u32 = 1 << MEMBER_SHIFT;
@@ -736,6 +842,49 @@ pub fn join(
 mod tests {
     use super::*;
     use husk_protocol::{CreateContainer, ExecProcess, ExitStatus, LayerDisk, Stream};
+
+    #[test]
+    fn cri_annotations_give_the_role_and_a_lone_member_owns_its_namespaces() {
+        let spec = |json: &str| -> oci_spec::runtime::Spec { serde_json::from_str(json).unwrap() };
+        let sandbox = spec(&format!(
+            r#"{{"ociVersion":"1.0.2","annotations":{{"{CRI_CONTAINER_TYPE}":"sandbox"}}}}"#
+        ));
+        assert_eq!(cri_role(&sandbox), CriRole::Sandbox);
+        let member = spec(&format!(
+            r#"{{"ociVersion":"1.0.2","annotations":{{"{CRI_CONTAINER_TYPE}":"container","{CRI_SANDBOX_ID}":"p1"}},
+                "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"ipc","path":"/proc/9/ns/ipc"}},{{"type":"uts","path":"/proc/9/ns/uts"}},{{"type":"network","path":"/run/netns/cni-1"}}]}}}}"#
+        ));
+        assert_eq!(cri_role(&member), CriRole::Member("p1".into()));
+        assert_eq!(cri_role(&spec(r#"{"ociVersion":"1.0.2"}"#)), CriRole::Alone);
+        // No such sandbox under this root: a VM of its own.
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(pod_role(root.path(), &member), None);
+        assert!(matches!(
+            pod_role(root.path(), &sandbox),
+            Some(crate::container::monitor::PodRole::Sandbox { .. })
+        ));
+        let own = own_namespaces(&member);
+        let paths: Vec<_> = own
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|ns| (ns.typ(), ns.path().is_some()))
+            .collect();
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        assert_eq!(
+            paths,
+            vec![
+                (T::Pid, false),
+                (T::Ipc, false),
+                (T::Uts, false),
+                (T::Network, true)
+            ]
+        );
+    }
 
     #[test]
     fn member_process_ids_map_both_ways_and_never_reach_the_sandboxs() {

@@ -281,8 +281,19 @@ fn join_pod(
         .ok_or_else(|| format!("the pod's sandbox {sandbox_id} has no VM"))?;
     let parts = match config.disks.first().map(|d| &d.image) {
         Some(DiskImage::Concat { parts, .. }) if config.disks.len() == 1 => parts.clone(),
-        _ => return Err("a pod member's layers must be one concatenated disk".into()),
+        // A bundle's rootfs image: one part.
+        Some(DiskImage::File(path)) if config.disks.len() == 1 => vec![path.clone()],
+        _ => return Err("a pod member's layers must be one disk".into()),
     };
+    // On the slot the layers are followed by zeros: each is a range.
+    if let [part] = parts.as_slice() {
+        let size = std::fs::metadata(part)
+            .map_err(|e| format!("{}: {e}", part.display()))?
+            .len();
+        for layer in &mut create.layers {
+            layer.length.get_or_insert(size);
+        }
+    }
     let (stream, serial) =
         pod::join(&pod_socket(&sandbox.sockets_dir()), id, &parts).map_err(|e| e.to_string())?;
     for layer in &mut create.layers {
