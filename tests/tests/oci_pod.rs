@@ -105,11 +105,55 @@ fn a_pods_containers_share_its_sandboxs_vm_through_husk_runc() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("pod"), "{}", text(&out.stderr));
 
-    // The sandbox's end is the VM's: the member still running ends too.
+    // A member whose monitor dies is removed from the VM and its slot
+    // freed: then all 4 slots take members again, and a 5th is refused.
+    let monitor = env.state(Rt::Husk, "app2")["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) on the pid the state names (the member's monitor).
+    assert_eq!(unsafe { libc::kill(monitor, libc::SIGKILL) }, 0);
+    assert!(oci_support::wait_pid_gone(monitor, oci_support::TIMEOUT));
+    env.ok(Rt::Husk, &["delete", "--force", "app2"]);
+    let members = ["app3", "app4", "app5", "app6"];
+    for id in &members[..3] {
+        env.create(Rt::Husk, id, &member, &[]);
+    }
+    // The dead member's slot comes free once the guest has removed it:
+    // until then a create is refused for want of a slot.
+    let deadline = std::time::Instant::now() + oci_support::TIMEOUT;
+    loop {
+        let (status, _, err) = env.run_files(
+            Rt::Husk,
+            &["create", "--bundle", member.to_str().unwrap(), "app6"],
+        );
+        if status.success() {
+            break;
+        }
+        assert!(err.contains("no free layer-disk slot"), "{err}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came free: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (status, _, err) = env.run_files(
+        Rt::Husk,
+        &["create", "--bundle", member.to_str().unwrap(), "app7"],
+    );
+    assert!(!status.success());
+    assert!(
+        err.contains("at most 4 containers besides the sandbox"),
+        "{err}"
+    );
+    env.ok(Rt::Husk, &["start", "app6"]);
+    assert_eq!(exec(&env, "app6", "hostname").trim(), "pod-one");
+    assert_eq!(vm_programs(&env), vms, "the pod's VM changed");
+
+    // The sandbox's end is the VM's: the members end too.
     env.ok(Rt::Husk, &["kill", "pod1", "KILL"]);
     env.wait_for_status(Rt::Husk, "pod1", "stopped");
-    env.wait_for_status(Rt::Husk, "app2", "stopped");
-    env.ok(Rt::Husk, &["delete", "app2"]);
+    for id in members {
+        env.wait_for_status(Rt::Husk, id, "stopped");
+        env.ok(Rt::Husk, &["delete", id]);
+    }
     env.ok(Rt::Husk, &["delete", "pod1"]);
     assert!(vm_programs(&env).is_empty());
     env.assert_clean();
