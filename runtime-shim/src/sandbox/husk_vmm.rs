@@ -306,7 +306,7 @@ mod tests {
             .unwrap();
         let args = args(&cmd);
         let line = args.join(" ");
-        assert!(line.contains("--disk-slot 17179869184,serial=husk-pod-1 --disk-slot 17179869184,serial=husk-pod-2 --control-socket /r/vmm-control.sock"), "{line}");
+        assert!(line.contains("--disk-slot 17179869184,serial=husk-pod-1 --disk-slot 17179869184,serial=husk-pod-2 --control-socket /r/ctl.sock"), "{line}");
     }
 
     #[test]

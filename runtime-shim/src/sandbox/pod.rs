@@ -50,7 +50,8 @@ pub struct PodSlots {
     pub empty: PathBuf,
     /// QEMU's QMP socket.
     pub qmp_socket: PathBuf,
-    /// husk-vmm's control socket.
+    /// husk-vmm's control socket (a name no longer than `console.sock`:
+    /// the state directory's socket paths are sized for that).
     pub control_socket: PathBuf,
 }
 
@@ -61,7 +62,7 @@ impl PodSlots {
             count,
             empty: dir.join("pod-empty.img"),
             qmp_socket: dir.join("qmp.sock"),
-            control_socket: dir.join("vmm-control.sock"),
+            control_socket: dir.join("ctl.sock"),
         }
     }
 
