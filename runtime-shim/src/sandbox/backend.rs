@@ -225,8 +225,26 @@ pub fn base_cmdline() -> Vec<String> {
 /// dies without cleaning up.
 pub(crate) fn spawn_vm(
     kind: BackendKind,
+    command: Command,
+    config: &VmConfig,
+) -> Result<VmProcess, BackendError> {
+    spawn_vm_with(kind, command, config, PidNamespace::Host)
+}
+
+/// Where the VM program's process lives among the host's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PidNamespace {
+    Host,
+    /// PID 1 of a namespace of its own (see `pid_namespace`; needs root).
+    Own,
+}
+
+/// [`spawn_vm`], optionally in a PID namespace of its own.
+pub(crate) fn spawn_vm_with(
+    kind: BackendKind,
     mut command: Command,
     config: &VmConfig,
+    pid_namespace: PidNamespace,
 ) -> Result<VmProcess, BackendError> {
     let program = command.get_program().to_string_lossy().into_owned();
     let taps = open_taps(config)?;
@@ -260,11 +278,24 @@ pub(crate) fn spawn_vm(
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
         .process_group(0);
-    // SAFETY: the closure runs between fork and exec and calls only prctl and
-    // getppid, which are async-signal-safe.
+    // The parent may die before prctl takes effect. In the host's PID
+    // namespace getppid() then changes; in a namespace of its own it is 0
+    // either way, so there the child watches a pipe whose write end only
+    // husk holds once the child has closed its inherited copy: a hang-up
+    // means husk is gone.
+    let (alive_read, alive_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| BackendError::Spawn {
+            program: program.clone(),
+            source: e.into(),
+        })?;
+    // SAFETY: the closure runs between fork and exec and calls only prctl,
+    // getppid, close and poll, which are async-signal-safe.
     unsafe {
+        use std::os::fd::AsRawFd;
         let parent = libc::getpid();
+        let (read_fd, write_fd) = (alive_read.as_raw_fd(), alive_write.as_raw_fd());
         command.pre_exec(move || {
+            libc::close(write_fd);
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -275,15 +306,28 @@ pub(crate) fn spawn_vm(
             {
                 return Err(std::io::Error::last_os_error());
             }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() != parent {
+            let ppid = libc::getppid();
+            let mut watch = libc::pollfd {
+                fd: read_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let hung_up = libc::poll(&mut watch, 1, 0) > 0;
+            if (ppid != 0 && ppid != parent) || hung_up {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
     }
-    tracing::debug!(?command, "starting VM");
-    let child = command.spawn().map_err(|source| {
+    tracing::debug!(?command, ?pid_namespace, "starting VM");
+    let spawned = match pid_namespace {
+        PidNamespace::Host => command.spawn().map(|child| (child, None)),
+        PidNamespace::Own => {
+            super::pid_namespace::spawn(command).map(|(child, parent)| (child, Some(parent)))
+        }
+    };
+    drop((alive_read, alive_write));
+    let (child, namespace_parent) = spawned.map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             BackendError::ProgramMissing {
                 program: program.clone(),
@@ -304,6 +348,7 @@ pub(crate) fn spawn_vm(
         vmm_log: config.vmm_log.clone(),
         status: None,
         log_copies: vec![log_copy],
+        _namespace_parent: namespace_parent,
     })
 }
 
@@ -318,6 +363,9 @@ pub struct VmProcess {
     status: Option<ExitStatus>,
     /// The capped copies of its logs (see `logcap`).
     log_copies: Vec<super::logcap::LogCopy>,
+    /// The thread that forked it into a PID namespace of its own, kept
+    /// until it has been reaped (dropped after `Drop::drop` kills it).
+    _namespace_parent: Option<super::pid_namespace::NamespaceParent>,
 }
 
 impl VmProcess {

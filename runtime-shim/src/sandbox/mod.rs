@@ -15,6 +15,7 @@ pub mod initramfs;
 pub mod launch;
 pub mod layers;
 pub mod logcap;
+mod pid_namespace;
 pub mod printable;
 pub mod qemu;
 pub mod rundir;
