@@ -33,35 +33,34 @@ impl AsRawFd for LockGuard {
 
 /// How to lock: shared or exclusive, waiting or not.
 #[derive(Clone, Copy)]
-enum FlockArg {
-    LockShared,
-    LockExclusive,
-    LockSharedNonblock,
-    LockExclusiveNonblock,
+enum Lock {
+    Shared,
+    Exclusive,
+    SharedNonblock,
+    ExclusiveNonblock,
 }
 
-impl FlockArg {
+impl Lock {
     fn operation(self) -> libc::c_int {
         match self {
-            FlockArg::LockShared => libc::LOCK_SH,
-            FlockArg::LockExclusive => libc::LOCK_EX,
-            FlockArg::LockSharedNonblock => libc::LOCK_SH | libc::LOCK_NB,
-            FlockArg::LockExclusiveNonblock => libc::LOCK_EX | libc::LOCK_NB,
+            Lock::Shared => libc::LOCK_SH,
+            Lock::Exclusive => libc::LOCK_EX,
+            Lock::SharedNonblock => libc::LOCK_SH | libc::LOCK_NB,
+            Lock::ExclusiveNonblock => libc::LOCK_EX | libc::LOCK_NB,
         }
     }
 }
 
 /// Blocks until the exclusive lock on `path` (created if missing) is held.
 pub fn exclusive(path: &Path) -> io::Result<LockGuard> {
-    lock_path(path, FlockArg::LockExclusive)?
-        .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))
+    lock_path(path, Lock::Exclusive)?.ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))
 }
 
 /// Opens (creating) and locks `path`, and keeps the lock only if `path`
 /// still names the locked file: prune removes lock files of layers that
 /// are gone (under their lock), and a locker that opened the file before
 /// that must not take a lock nobody else can see; it tries again instead.
-fn lock_path(path: &Path, arg: FlockArg) -> io::Result<Option<LockGuard>> {
+fn lock_path(path: &Path, arg: Lock) -> io::Result<Option<LockGuard>> {
     loop {
         let file = OpenOptions::new()
             .create(true)
@@ -99,27 +98,27 @@ impl LockGuard {
 /// Takes the exclusive lock on an existing file or directory if nobody holds
 /// it; `Ok(None)` if someone does.
 pub fn try_exclusive_existing(path: &Path) -> io::Result<Option<LockGuard>> {
-    lock_file(File::open(path)?, FlockArg::LockExclusiveNonblock)
+    lock_file(File::open(path)?, Lock::ExclusiveNonblock)
 }
 
 /// Like [`exclusive`] without blocking: `Ok(None)` when the lock is busy.
 pub fn try_exclusive(path: &Path) -> io::Result<Option<LockGuard>> {
-    lock_path(path, FlockArg::LockExclusiveNonblock)
+    lock_path(path, Lock::ExclusiveNonblock)
 }
 
 /// Blocks until a shared lock on `path` (created if missing) is held: it
 /// waits only for an exclusive holder, never for other shared ones.
 pub fn shared(path: &Path) -> io::Result<LockGuard> {
-    lock_path(path, FlockArg::LockShared)?.ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))
+    lock_path(path, Lock::Shared)?.ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))
 }
 
 /// Like [`shared`] without blocking: `Ok(None)` when someone holds the
 /// lock exclusive.
 pub fn try_shared(path: &Path) -> io::Result<Option<LockGuard>> {
-    lock_path(path, FlockArg::LockSharedNonblock)
+    lock_path(path, Lock::SharedNonblock)
 }
 
-fn lock_file(file: File, arg: FlockArg) -> io::Result<Option<LockGuard>> {
+fn lock_file(file: File, arg: Lock) -> io::Result<Option<LockGuard>> {
     loop {
         // SAFETY: flock(2) on a descriptor `file` owns.
         if unsafe { libc::flock(file.as_raw_fd(), arg.operation()) } == 0 {
