@@ -271,15 +271,15 @@ impl Drop for VmCgroup {
     }
 }
 
-/// A cgroup directory name: a container ID as husk, runc and containerd
-/// make them.
+/// A cgroup directory name: a container ID as husk, runc (`[\w+.-]`) and
+/// containerd make them.
 fn name_ok(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'))
 }
 
 /// [`VmCgroup::create`] under `root` (the hierarchy's mount, or a test's
@@ -297,13 +297,22 @@ fn create_in(root: &Path, name: &str, limits: &Limits) -> Result<VmCgroup, Cgrou
     }
     enable_controllers(&parent)?;
     sweep_stale(&parent, name);
-    let path = parent.join(name);
+    // Container IDs are unique per store or runc root, not per host: a
+    // second VM of the same ID (another root) gets `<id>.<pid>`.
+    let mut path = parent.join(name);
     match fs::create_dir(&path) {
         Ok(()) => {}
-        // Left by a VM of the same ID that was killed: reused when empty.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            if populated(&path) {
-                return Err(CgroupError::Busy(path));
+            path = parent.join(format!("{name}.{}", std::process::id()));
+            match fs::create_dir(&path) {
+                Ok(()) => {}
+                // Left by a dead process of this pid: reused when empty.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if populated(&path) {
+                        return Err(CgroupError::Busy(path));
+                    }
+                }
+                Err(e) => return Err(io_err("mkdir", &path)(e)),
             }
         }
         Err(e) => return Err(io_err("mkdir", &path)(e)),
@@ -544,11 +553,19 @@ mod tests {
         // SAFETY: the fd of the live cgroup above.
         unsafe { VmCgroup::join_in_child(cgroup.procs_fd()) };
         assert_eq!(read("cgroup.procs"), "0");
+        // The same ID from another store while the first VM runs: a name
+        // of its own.
+        let second = create_in(root, "0123abcd", &limits).unwrap();
+        assert_eq!(
+            second.path(),
+            root.join(format!("husk/0123abcd.{}", std::process::id()))
+        );
         // (A fake tree's files keep rmdir from working: remove by hand.)
         std::mem::forget(cgroup);
+        std::mem::forget(second);
 
         // Bad names are refused before anything is made.
-        for bad in ["", "../x", "a/b", ".hidden"] {
+        for bad in ["", "../x", "a/b", ".hidden", "a b"] {
             assert!(matches!(
                 create_in(root, bad, &limits),
                 Err(CgroupError::BadName(_))
