@@ -89,10 +89,19 @@ impl Availability {
     }
 }
 
+/// Set to `off` to run VM processes without a cgroup of their own (as
+/// `HUSK_VMM_JAIL=off` leaves the jail out), e.g. where husk's cgroups
+/// would clash with another manager's.
+pub const SWITCH_ENV: &str = "HUSK_VM_CGROUP";
+
 /// Checks the real hierarchy at [`CGROUP_ROOT`].
 pub fn availability() -> Availability {
     let root = Path::new(CGROUP_ROOT);
-    let result = is_cgroup2(root).and_then(|()| check_tree(root, &writable));
+    let result = if std::env::var(SWITCH_ENV).as_deref() == Ok("off") {
+        Err(format!("turned off ({SWITCH_ENV}=off)"))
+    } else {
+        is_cgroup2(root).and_then(|()| check_tree(root, &writable))
+    };
     Availability {
         available: result.is_ok(),
         reason: result.err(),
