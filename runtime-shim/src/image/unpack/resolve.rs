@@ -28,16 +28,16 @@ pub enum ResolveError {
     /// last symlink followed before it.
     #[error("leads outside the layer (through the symlink {link:?})")]
     Escapes { link: String },
-    #[error("more than {MAX_LINKS} symlinks on the way (a symlink loop?)")]
+    #[error("passes through more than {MAX_LINKS} symlinks (a symlink loop?)")]
     Loop,
     /// A component is neither a directory nor a symlink to one.
     #[error("{through:?} is not a directory")]
     NotADirectory { through: String },
     #[error("{through:?} does not exist")]
     Missing { through: String },
-    #[error("the path resolves deeper than {0} components")]
+    #[error("resolves deeper than {0} components")]
     TooDeep(usize),
-    #[error("{op} {through:?}: {errno}")]
+    #[error("{through:?}: {op}: {errno}")]
     Io {
         op: &'static str,
         through: String,
