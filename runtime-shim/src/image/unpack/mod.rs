@@ -46,8 +46,8 @@ pub enum UnpackError {
     Whiteout { path: String, source: BadWhiteout },
     /// A parent of the entry (after following symlinks inside the layer)
     /// is not a directory, leads above the layer root, or loops.
-    #[error("entry {path:?}: its parent {source}")]
-    Parent { path: String, source: ResolveError },
+    #[error("entry {path:?}: its parent {reason}")]
+    Parent { path: String, reason: ResolveError },
     #[error("hard link {path:?} -> {target:?}: {reason}")]
     HardLink {
         path: String,
@@ -480,9 +480,9 @@ impl Unpacker<'_> {
             }
         }
         let resolved = resolve::walk(&self.root, parts, true, self.limits.max_path_depth).map_err(
-            |source| UnpackError::Parent {
+            |reason| UnpackError::Parent {
                 path: shown.to_string(),
-                source,
+                reason,
             },
         )?;
         let parent = Rc::new(Parent {

@@ -319,7 +319,7 @@ fn symlinked_parents_that_escape_loop_or_name_a_file_are_refused() {
             &err,
             UnpackError::Parent {
                 path,
-                source: ResolveError::Escapes { .. }
+                reason: ResolveError::Escapes { .. }
             } if path == "esc/pwned"
         ),
         "{err}"
@@ -337,7 +337,7 @@ fn symlinked_parents_that_escape_loop_or_name_a_file_are_refused() {
         matches!(
             &err,
             UnpackError::Parent {
-                source: ResolveError::Loop,
+                reason: ResolveError::Loop,
                 ..
             }
         ),
@@ -355,7 +355,7 @@ fn symlinked_parents_that_escape_loop_or_name_a_file_are_refused() {
         matches!(
             &err,
             UnpackError::Parent {
-                source: ResolveError::NotADirectory { .. },
+                reason: ResolveError::NotADirectory { .. },
                 ..
             }
         ),
