@@ -450,6 +450,39 @@ fn runs_lease_their_layers_until_the_vm_is_gone() {
         assert!(!flock_now("-x", lock), "{} not leased", lock.display());
         assert!(flock_now("-s", lock), "a lease is shared");
     }
+    // The monitor holds it, not the VM program it starts.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            env.store
+                .root()
+                .join("containers")
+                .join(&id)
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let holders = |pid: i64| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .map(|p| p.display().to_string())
+            .filter(|p| p.ends_with(".lock") && p.contains("/locks/"))
+            .collect()
+    };
+    let monitor = state["pid"].as_i64().unwrap();
+    let vm = state["vmm_pid"].as_i64().unwrap();
+    assert_eq!(
+        holders(monitor).len(),
+        locks.len(),
+        "{:?}",
+        holders(monitor)
+    );
+    assert!(
+        holders(vm).is_empty(),
+        "the VM program holds {:?}",
+        holders(vm)
+    );
     ok(&env, &["rm", "-f", &id]);
     for lock in &locks {
         assert!(flock_now("-x", lock), "{} still held", lock.display());
