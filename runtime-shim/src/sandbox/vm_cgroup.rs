@@ -417,11 +417,14 @@ fn remove_when_empty(path: &Path, timeout: Duration) -> io::Result<()> {
         Err(e) if e.raw_os_error() != Some(libc::EBUSY) => return Err(e),
         Err(_) => {}
     }
-    let events_path = path.join("cgroup.events");
-    let events = File::open(&events_path)?;
+    // Read through the descriptor polled: a read is what marks its change
+    // notification as seen.
+    let events = File::open(path.join("cgroup.events"))?;
     let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 256];
     loop {
-        let text = fs::read_to_string(&events_path)?;
+        let n = std::os::unix::fs::FileExt::read_at(&events, &mut buf, 0)?;
+        let text = String::from_utf8_lossy(&buf[..n]);
         if text.lines().any(|l| l.trim() == "populated 0") {
             return fs::remove_dir(path);
         }
