@@ -331,6 +331,7 @@ impl TaskService {
             disks: vec![disk],
             vcpus: settings.vcpus,
             memory_mib,
+            cpus: husk::sandbox::vm_cgroup::cpus_of_spec(&bundle.spec),
             create: husk_protocol::CreateContainer {
                 container_id: req.id.clone(),
                 init_process: INIT_PROCESS,
@@ -348,6 +349,8 @@ impl TaskService {
             auto_remove: false,
             nics: network.nics.clone(),
             network: network.release.clone(),
+            lease: None,
+            lease_fds: Vec::new(),
         };
         let fds: [RawFd; 3] = match &pipes {
             Some(p) => [

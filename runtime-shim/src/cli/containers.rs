@@ -70,6 +70,7 @@ pub fn run_detached(
         disks: prepared.disks.clone(),
         vcpus: prepared.vcpus,
         memory_mib: prepared.memory_mib,
+        cpus: prepared.cpus,
         create,
         stdio: InitStdio::Log,
         state: State {
@@ -90,6 +91,9 @@ pub fn run_detached(
         auto_remove: remove,
         nics: network.nics.clone(),
         network: network.to_release(),
+        // The monitor holds the lease from here until it exits.
+        lease: Some(std::sync::Arc::new(prepared.lease)),
+        lease_fds: Vec::new(),
     };
     let started = lifecycle::create(&root, &config, log_level)
         .map_err(anyhow::Error::from)

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::vm_cgroup::{Limits, VmCgroup};
+
 /// Which program runs the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
@@ -149,6 +151,11 @@ pub struct VmConfig {
     /// virtio-net NICs, each over a tap the spawner opens and passes down
     /// as fd [`NIC_FD_BASE`] + its index.
     pub nics: Vec<crate::network::NicConfig>,
+    /// The name of the VM process's own cgroup (`husk/<name>`, the
+    /// container's ID; see [`super::vm_cgroup`]), or none.
+    pub cgroup: Option<String>,
+    /// `--cpus`: the VM process's CPU time (its cgroup's `cpu.max`).
+    pub cpus: Option<f64>,
 }
 
 /// The VM program finds NIC `i`'s tap at this fd + `i`.
@@ -199,6 +206,8 @@ pub enum BackendError {
     Wait(std::io::Error),
     #[error("invalid VM configuration: {0}")]
     Config(String),
+    #[error("the VM process's cgroup: {0}")]
+    Cgroup(String),
 }
 
 /// Starts VMs.
@@ -247,6 +256,24 @@ pub(crate) fn spawn_vm_with(
     pid_namespace: PidNamespace,
 ) -> Result<VmProcess, BackendError> {
     let program = command.get_program().to_string_lossy().into_owned();
+    let cgroup = match &config.cgroup {
+        Some(name) => {
+            let limits = Limits::for_vm(kind, config.memory_mib, config.vcpus, config.cpus);
+            VmCgroup::create(name, &limits).map_err(|e| BackendError::Cgroup(e.to_string()))?
+        }
+        None => None,
+    };
+    if let Some(cgroup) = &cgroup {
+        let procs = cgroup.procs_fd();
+        // SAFETY: one write(2) to a descriptor that stays open in the
+        // parent (the cgroup lives past the spawn); nothing allocates.
+        unsafe {
+            command.pre_exec(move || {
+                VmCgroup::join_in_child(procs);
+                Ok(())
+            });
+        }
+    }
     let taps = open_taps(config)?;
     if !taps.is_empty() {
         use std::os::fd::AsRawFd;
@@ -340,7 +367,8 @@ pub(crate) fn spawn_vm_with(
             }
         }
     })?;
-    Ok(VmProcess {
+    let pid = child.id();
+    let vm = VmProcess {
         child,
         kind,
         program,
@@ -349,7 +377,20 @@ pub(crate) fn spawn_vm_with(
         status: None,
         log_copies: vec![log_copy],
         _namespace_parent: namespace_parent,
-    })
+        cgroup,
+    };
+    if let Some(cgroup) = &vm.cgroup {
+        // The child could not report a failed join; a VM outside its
+        // limits does not run (dropping `vm` kills it, then the cgroup goes).
+        if !cgroup.holds(pid) {
+            return Err(BackendError::Cgroup(format!(
+                "the VM process (pid {pid}) did not join {}",
+                cgroup.path().display()
+            )));
+        }
+        tracing::info!(path = %cgroup.path().display(), "VM process in its own cgroup");
+    }
+    Ok(vm)
 }
 
 /// A running VM program. Dropping it kills and reaps the process.
@@ -366,6 +407,9 @@ pub struct VmProcess {
     /// The thread that forked it into a PID namespace of its own, kept
     /// until it has been reaped (dropped after `Drop::drop` kills it).
     _namespace_parent: Option<super::pid_namespace::NamespaceParent>,
+    /// Its cgroup, removed when this handle drops: after [`Drop`] has
+    /// reaped the process (fields drop after `drop` runs).
+    cgroup: Option<VmCgroup>,
 }
 
 impl VmProcess {
@@ -379,6 +423,11 @@ impl VmProcess {
 
     pub fn serial_log(&self) -> &Path {
         &self.serial_log
+    }
+
+    /// The VM process's own cgroup, when it has one.
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.cgroup.as_ref().map(VmCgroup::path)
     }
 
     /// Keeps another capped log copy of this VM (QEMU's serial port), so
@@ -508,6 +557,8 @@ mod tests {
             memory_mib: 64,
             cmdline_extra: vec![],
             nics: Vec::new(),
+            cgroup: None,
+            cpus: None,
         }
     }
 

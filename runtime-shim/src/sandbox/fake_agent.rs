@@ -45,6 +45,8 @@ impl Fixture {
             memory_mib: 64,
             cmdline_extra: vec![],
             nics: Vec::new(),
+            cgroup: None,
+            cpus: None,
         }
     }
 

@@ -255,6 +255,8 @@ mod tests {
             memory_mib: 300,
             cmdline_extra: vec!["x=y".into()],
             nics: Vec::new(),
+            cgroup: None,
+            cpus: None,
         }
     }
 

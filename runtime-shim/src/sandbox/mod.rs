@@ -24,6 +24,7 @@ pub mod signals;
 pub mod spec;
 pub mod stdio;
 pub mod terminal;
+pub mod vm_cgroup;
 
 #[cfg(test)]
 mod client_tests;

@@ -234,6 +234,8 @@ mod tests {
             memory_mib: 320,
             cmdline_extra: vec!["husk.debug=1".into()],
             nics: Vec::new(),
+            cgroup: None,
+            cpus: None,
         }
     }
 
