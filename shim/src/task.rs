@@ -333,6 +333,7 @@ impl TaskService {
             disks: vec![disk],
             vcpus: settings.vcpus,
             memory_mib,
+            cpus: husk::sandbox::vm_cgroup::cpus_of_spec(&bundle.spec),
             create: husk_protocol::CreateContainer {
                 container_id: req.id.clone(),
                 init_process: INIT_PROCESS,
@@ -352,6 +353,8 @@ impl TaskService {
             nics: network.nics.clone(),
             network: network.release.clone(),
             pod,
+            lease: None,
+            lease_fds: Vec::new(),
         };
         let fds: [RawFd; 3] = match &pipes {
             Some(p) => [

@@ -25,7 +25,8 @@ targets=(
 	"husk-e2e run_tty" "husk-e2e run_husk_vmm" "husk-e2e run_layers"
 	"husk-e2e containers_cli" "husk-e2e oci_lifecycle" "husk-e2e run_security"
 	"husk-e2e vmm_boot" "husk-vmm kvm_payload"
-	"husk-e2e network" "husk-e2e network_cni" "husk-e2e oci_pod"
+	"husk-e2e network" "husk-e2e network_cni" "husk-e2e containerd_shim"
+	"husk-e2e oci_pod"
 )
 # Not here: oci_errors. Its reference, runc, cannot `exec --tty` inside the
 # bed's chroot ("open /dev/ptmx: no such file or directory"); it runs on

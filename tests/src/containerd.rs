@@ -85,13 +85,30 @@ pub struct Containerd {
     log: PathBuf,
 }
 
+/// Where a containerd of a test keeps its root: /var/tmp (short socket
+/// paths, and a real disk for the snapshotter's overlay mounts) unless that
+/// is itself an overlay, as in the KVM test bed, where the snapshotter
+/// cannot create whiteouts (overlayfs refuses to make 0:0 devices): /tmp.
+fn scratch_dir() -> &'static str {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    // SAFETY: statfs writes only into the zeroed struct it is given.
+    let on_overlay = unsafe {
+        let mut fs: libc::statfs = std::mem::zeroed();
+        libc::statfs(c"/var/tmp".as_ptr(), &mut fs) == 0
+            && fs.f_type as i64 == OVERLAYFS_SUPER_MAGIC
+    };
+    if on_overlay {
+        "/tmp"
+    } else {
+        "/var/tmp"
+    }
+}
+
 impl Containerd {
     pub fn start(env: &Env) -> Containerd {
-        // Under /var/tmp, not /tmp: short socket paths, and a real disk for
-        // the snapshotter's overlay mounts.
         let dir = tempfile::Builder::new()
             .prefix("husk-ctrd-")
-            .tempdir_in("/var/tmp")
+            .tempdir_in(scratch_dir())
             .unwrap();
         let d = dir.path();
         let config = format!(

@@ -138,7 +138,13 @@ fn sixty_four_mib_of_output_arrive_whole() {
         });
         let o = wait_with_timeout(child, TIMEOUT, &args);
         let (total, nonzero) = counter.join().unwrap();
-        assert!(o.status.success(), "{runtime}: {}", text(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{runtime}: {:?} after {total} bytes; stderr: {}\ncontainerd log tail:\n{}",
+            o.status,
+            text(&o.stderr),
+            ctrd.log_tail()
+        );
         assert_eq!((total, nonzero), (64 << 20, 0), "{runtime}");
     }
     ctrd.finish();
@@ -348,12 +354,20 @@ fn memory_limit(ctrd: &Containerd, runtime: &str, id: &str, exec_id: &str) -> St
         .and_then(|l| l.split_whitespace().nth(1))
         .expect("the task's pid");
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let path = cgroups
-        .lines()
-        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
-        .expect("a memory cgroup");
-    std::fs::read_to_string(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
-        .unwrap()
+    // cgroup v1 here, cgroup v2 in the KVM test bed.
+    let v1 = cgroups.lines().find_map(|l| {
+        l.split_once(":memory:")
+            .map(|(_, p)| format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes"))
+    });
+    let v2 = || {
+        cgroups.lines().find_map(|l| {
+            l.strip_prefix("0::")
+                .map(|p| format!("/sys/fs/cgroup{p}/memory.max"))
+        })
+    };
+    let file = v1.or_else(v2).expect("a memory cgroup");
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
         .trim()
         .to_string()
 }

@@ -405,3 +405,134 @@ fn foreground_runs_are_kept_unless_rm_and_share_the_names() {
     ok(&env, &["rm", "fg2"]);
     assert_no_containers(&env);
 }
+
+/// The busybox image's layer lock files (`locks/<chain id>.lock`).
+fn layer_locks(env: &RunEnv) -> Vec<std::path::PathBuf> {
+    env.store.inspect("busybox")["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let chain_id = l["chain_id"].as_str().unwrap();
+            env.store
+                .root()
+                .join("locks")
+                .join(format!("{}.lock", chain_id.trim_start_matches("sha256:")))
+        })
+        .collect()
+}
+
+/// Whether util-linux `flock` gets the lock on `path` at once (`-x`
+/// exclusive as rm/prune take it, `-s` shared as a run's lease).
+fn flock_now(mode: &str, path: &std::path::Path) -> bool {
+    Command::new("flock")
+        .args([mode, "--nonblock"])
+        .arg(path)
+        .arg("true")
+        .status()
+        .expect("flock (util-linux)")
+        .success()
+}
+
+/// A run holds a shared lock on each of its image's layers until its VM is
+/// gone: for `run -d` the monitor holds it (the `husk run -d` that took it
+/// has exited), for a foreground run the `husk` process; meanwhile `image
+/// rm` refuses the image as in use by a running container (a foreground
+/// run leaves no container record that would say so otherwise).
+#[test]
+fn runs_lease_their_layers_until_the_vm_is_gone() {
+    let env = run_env!();
+    let locks = layer_locks(&env);
+    assert_eq!(locks.len(), 3);
+
+    let id = run_d(&env, &["busybox", "sleep", "1000"]);
+    for lock in &locks {
+        assert!(!flock_now("-x", lock), "{} not leased", lock.display());
+        assert!(flock_now("-s", lock), "a lease is shared");
+    }
+    // The monitor holds it, not the VM program it starts.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            env.store
+                .root()
+                .join("containers")
+                .join(&id)
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let holders = |pid: i64| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .map(|p| p.display().to_string())
+            .filter(|p| p.ends_with(".lock") && p.contains("/locks/"))
+            .collect()
+    };
+    let monitor = state["pid"].as_i64().unwrap();
+    let vm = state["vmm_pid"].as_i64().unwrap();
+    assert_eq!(
+        holders(monitor).len(),
+        locks.len(),
+        "{:?}",
+        holders(monitor)
+    );
+    assert!(
+        holders(vm).is_empty(),
+        "the VM program holds {:?}",
+        holders(vm)
+    );
+    ok(&env, &["rm", "-f", &id]);
+    for lock in &locks {
+        assert!(flock_now("-x", lock), "{} still held", lock.display());
+    }
+
+    let mut run = husk(
+        &env,
+        &[
+            "run",
+            "--rm",
+            "-i",
+            "--backend",
+            env.backend.as_str(),
+            "busybox",
+            "sh",
+            "-c",
+            "echo up; read line; echo bye",
+        ],
+    );
+    run.stdin(Stdio::piped());
+    let mut child = run.spawn().expect("spawn husk run");
+    let stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // The container's first line: it runs, so its lease is held.
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"up\n") {
+        match stdout.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            other => panic!("husk run ended before the container ran: {other:?}"),
+        }
+    }
+    let o = out(&env, &["image", "rm", "busybox:latest"]);
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "image rm under a running container"
+    );
+    assert!(
+        text(&o.stderr).contains("in use by a running container"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!flock_now("-x", &locks[0]));
+    // The container reads EOF and ends; so does the run and its lease.
+    drop(stdin);
+    child.stdout = Some(stdout);
+    let o = run_support::wait_with_timeout(child, run_support::RUN_TIMEOUT, &["run"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "bye\n");
+    ok(&env, &["image", "rm", "busybox:latest"]);
+    env.assert_clean();
+}

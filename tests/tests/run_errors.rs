@@ -123,12 +123,22 @@ fn guest_dying_mid_run_is_an_error_not_a_hang() {
 fn husk_killed_outright_leaves_nothing_after_the_next_run() {
     let env = run_env!();
     let mut cmd = env.command(&["busybox", "sh", "-c", "echo started; sleep 60"]);
-    cmd.stderr(Stdio::null());
+    cmd.stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn husk");
     let mut stdout = child.stdout.take().expect("stdout");
     let mut buf = [0u8; 64];
     let n = stdout.read(&mut buf).expect("read stdout");
-    assert!(text(&buf[..n]).contains("started"));
+    if !text(&buf[..n]).contains("started") {
+        // husk ended (or wrote something else) before the container did:
+        // its stderr says why.
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("reap husk");
+        panic!(
+            "no 'started' from the container (stdout {:?}); husk's stderr:\n{}",
+            text(&buf[..n]),
+            text(&out.stderr)
+        );
+    }
     child.kill().expect("SIGKILL husk");
     child.wait().expect("reap husk");
 

@@ -170,3 +170,128 @@ fn ctrl_c_during_boot_stops_cleanly() {
     }
     env.assert_clean();
 }
+
+/// Whether `/sys/fs/cgroup` is a cgroup v2 mount (the KVM test bed mounts
+/// one; this development host's is a cgroup v1 tmpfs).
+fn cgroup2_mounted() -> bool {
+    let path = std::ffi::CString::new("/sys/fs/cgroup").unwrap();
+    // SAFETY: a NUL-terminated path and a zeroed statfs to fill.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let ok = unsafe { libc::statfs(path.as_ptr(), &mut fs) } == 0;
+    ok && fs.f_type == libc::CGROUP2_SUPER_MAGIC
+}
+
+/// The VM process (husk-vmm or QEMU) of a detached container sits in a
+/// cgroup v2 of its own, `husk/<id>`, whose limits follow `--memory` and
+/// `--cpus`, and which is gone once the container is removed. Where there
+/// is no cgroup v2 hierarchy, `husk check` says so, and the test skips.
+#[test]
+fn the_vm_process_runs_in_a_cgroup_of_its_own() {
+    let probe = husk_e2e::fixtures::TestStore::new();
+    let check = std::process::Command::new(&probe.husk)
+        .args(["check", "--json"])
+        .output()
+        .expect("husk check");
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).expect("check JSON");
+    let available = report["vm_cgroup"]["available"].as_bool();
+    let reason = report["vm_cgroup"]["reason"].as_str().unwrap_or("");
+    if !cgroup2_mounted() {
+        assert_eq!(available, Some(false), "{}", report["vm_cgroup"]);
+        assert!(
+            !reason.is_empty(),
+            "no reason given: {}",
+            report["vm_cgroup"]
+        );
+        let check = std::process::Command::new(&probe.husk)
+            .arg("check")
+            .output()
+            .expect("husk check");
+        let line = text(&check.stdout)
+            .lines()
+            .find(|l| l.trim_start().starts_with("per-VM cgroup"))
+            .map(str::to_string)
+            .unwrap_or_default();
+        assert!(
+            line.trim_start().starts_with("per-VM cgroup        no: ") && line.len() > 30,
+            "husk check: {line:?}"
+        );
+        husk_e2e::skip_host!("no cgroup v2 hierarchy at /sys/fs/cgroup: {reason}");
+    }
+    assert_eq!(available, Some(true), "{}", report["vm_cgroup"]);
+    let env = run_env!();
+    let husk = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&env.store.husk);
+        cmd.arg("--store")
+            .arg(env.store.root())
+            .args(args)
+            .env("HUSK_KERNEL", &env.kernel)
+            .env("HUSK_AGENT", &env.agent)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = run_support::wait_with_timeout(
+            cmd.spawn().expect("spawn husk"),
+            run_support::RUN_TIMEOUT,
+            args,
+        );
+        assert_code(&out, 0);
+        text(&out.stdout)
+    };
+    let id = husk(&[
+        "run",
+        "-d",
+        "--backend",
+        &env.backend,
+        "--cpus",
+        "1.5",
+        "--memory",
+        "64M",
+        "busybox",
+        "sleep",
+        "600",
+    ])
+    .trim()
+    .to_string();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            env.store
+                .root()
+                .join("containers")
+                .join(&id)
+                .join("state.json"),
+        )
+        .expect("state.json"),
+    )
+    .unwrap();
+    let vmm_pid = state["vmm_pid"].as_i64().expect("the VM's pid");
+    let membership = std::fs::read_to_string(format!("/proc/{vmm_pid}/cgroup")).unwrap();
+    assert_eq!(membership, format!("0::/husk/{id}\n"));
+    let dir = std::path::Path::new("/sys/fs/cgroup/husk").join(&id);
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .trim()
+            .to_string()
+    };
+    // Guest RAM: 64 MiB + 128 MiB of headroom for the guest kernel and
+    // agent; then the VM program's own overhead (SECURITY.md).
+    let overhead = if env.backend == "husk" { 128 } else { 512 };
+    assert_eq!(
+        read("memory.max"),
+        ((64 + 128 + overhead) << 20).to_string()
+    );
+    assert_eq!(read("cpu.max"), "150000 100000");
+    // --cpus 1.5 gives two vCPUs.
+    assert_eq!(read("pids.max"), "130");
+    if dir.join("memory.swap.max").exists() {
+        assert_eq!(read("memory.swap.max"), "0");
+    }
+    assert!(read("cgroup.procs")
+        .lines()
+        .any(|p| p == vmm_pid.to_string()));
+
+    husk(&["rm", "-f", &id]);
+    assert!(!dir.exists(), "{} is left after rm", dir.display());
+    env.assert_clean();
+}

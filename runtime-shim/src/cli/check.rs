@@ -15,6 +15,7 @@ pub struct CheckArgs {
 pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let report = probe::probe_host();
     let assets = assets_found();
+    let vm_cgroup = crate::sandbox::vm_cgroup::availability();
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         if let Some(object) = value.as_object_mut() {
@@ -28,11 +29,14 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
                 })
                 .collect::<serde_json::Map<_, _>>();
             object.insert("assets".into(), found.into());
+            object.insert("vm_cgroup".into(), serde_json::to_value(&vm_cgroup)?);
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render_text(&report));
         println!();
+        // Not part of the verdict: runs go on without it (SECURITY.md).
+        println!("  {:<20} {}", "per-VM cgroup", vm_cgroup.describe());
         for (name, path, from, present) in &assets {
             let state = if *present { "found" } else { "MISSING" };
             println!("  {name:<20} {} ({state}; from {from})", path.display());

@@ -70,6 +70,7 @@ pub fn run_detached(
         disks: prepared.disks.clone(),
         vcpus: prepared.vcpus,
         memory_mib: prepared.memory_mib,
+        cpus: prepared.cpus,
         create,
         stdio: InitStdio::Log,
         state: State {
@@ -91,6 +92,9 @@ pub fn run_detached(
         nics: network.nics.clone(),
         network: network.to_release(),
         pod: None,
+        // The monitor holds the lease from here until it exits.
+        lease: Some(std::sync::Arc::new(prepared.lease)),
+        lease_fds: Vec::new(),
     };
     let started = lifecycle::create(&root, &config, log_level)
         .map_err(anyhow::Error::from)

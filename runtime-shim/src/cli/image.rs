@@ -246,6 +246,9 @@ fn remove(store: &Store, names: &[String]) -> anyhow::Result<i32> {
         for layer in &report.deleted_layers {
             println!("deleted layer: {layer}");
         }
+        for layer in &report.kept_leased {
+            println!("kept layer: {layer} (in use by a running container; `husk image prune` removes it later)");
+        }
     }
     Ok(0)
 }
@@ -257,6 +260,9 @@ fn prune(store: &Store) -> anyhow::Result<i32> {
     }
     for (layer, container) in &report.kept_in_use {
         println!("kept layer: {layer} (used by container {container})");
+    }
+    for layer in &report.kept_leased {
+        println!("kept layer: {layer} (in use by a running container)");
     }
     println!(
         "pruned {} layer{}, {} blob{}, {} stale staging entr{}, {} lock file{}; reclaimed {}",

@@ -171,7 +171,9 @@ fn apply_tag(plans: &mut [ImagePlan], tag: Option<&str>) -> Result<(), ImportErr
 /// Builds the image's missing layers in a staging directory, then commits
 /// them and the image. Locks: every layer of the image (bottom to top) from
 /// the existence check to the image commit, so nothing deletes a layer this
-/// image is about to refer to, and two imports never build one layer twice.
+/// image is about to refer to, and two imports never build one layer twice
+/// (shared for a layer that is there, so a run's lease on it does not block
+/// the import; exclusive for one to build).
 fn import_image(
     store: &Store,
     source: &Source,
@@ -199,9 +201,10 @@ fn import_image(
         .cloned()
         .unwrap_or_else(|| format!("sha256:{}", plan.id.short()));
     for (i, (layer, chain_id)) in plan.layers.iter().zip(&chain).enumerate() {
-        layer_locks.push(store.lock_layer(chain_id)?);
+        let (lock, present) = store.lock_layer_for_import(chain_id)?;
+        layer_locks.push(lock);
         let bar = progress.layer(&label, i + 1, plan.layers.len(), chain_id);
-        if store.has_layer(chain_id) {
+        if present {
             bar.present();
             continue;
         }

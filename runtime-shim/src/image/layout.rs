@@ -14,6 +14,8 @@
 //! <root>/tmp/                                staging (same filesystem: renames are atomic)
 //! <root>/tmp/downloads/<hex>[.partial]        registry blobs being pulled (kept to resume)
 //! <root>/locks/                              flock files: store.lock, <chain id>.lock
+//!                                            (exclusive to build, commit or delete a layer;
+//!                                            shared: a run's lease, an import reusing it)
 //! ```
 
 use super::digest::Digest;
@@ -116,7 +118,8 @@ impl Layout {
         self.locks_dir().join("store.lock")
     }
 
-    /// Held while a layer is built, committed, or deleted.
+    /// Held exclusive while a layer is built, committed, or deleted; shared
+    /// by the runs that lease it and the imports that reuse it.
     pub fn layer_lock(&self, chain_id: &Digest) -> PathBuf {
         self.locks_dir().join(format!("{}.lock", chain_id.hex()))
     }

@@ -42,6 +42,8 @@ pub enum StoreError {
         chain_id: String,
         container: String,
     },
+    #[error("image {image} is in use: its layer {chain_id} is in use by a running container (stop it first)")]
+    Leased { image: String, chain_id: String },
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -73,6 +75,34 @@ pub struct ResolvedLayer {
     pub disk: PathBuf,
 }
 
+/// A run's hold on its image's layers, from [`Store::lease`] until it drops
+/// (or the holder dies): a shared lock on each layer's lock file, so that
+/// `image rm` and `prune` (which delete only under the exclusive lock, and
+/// never wait for it) leave those layer disks alone while a VM reads them.
+/// Any number of runs lease a layer at once.
+#[derive(Debug)]
+pub struct LayerLease {
+    locks: Vec<lock::LockGuard>,
+}
+
+impl LayerLease {
+    /// The locked descriptors (close-on-exec): a child that is given copies
+    /// of them (the container's monitor) holds the lease until it exits.
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.locks.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+}
+
+/// What became of one layer a deletion was asked for.
+enum Deletion {
+    Deleted(u64),
+    /// Still referenced, gone already, or busy with an import.
+    Kept,
+    /// Held by a run's lease.
+    Leased,
+}
+
 /// One row of `husk image ls`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageSummary {
@@ -101,6 +131,9 @@ pub struct RemoveReport {
     pub untagged: Vec<String>,
     pub deleted_image: Option<String>,
     pub deleted_layers: Vec<String>,
+    /// Layers a run leased after the check that refuses such removals:
+    /// kept, and `prune` takes them once the run is over.
+    pub kept_leased: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -108,6 +141,8 @@ pub struct PruneReport {
     pub deleted_layers: Vec<String>,
     /// Layers no image uses but a container does: (chain ID, container).
     pub kept_in_use: Vec<(String, String)>,
+    /// Layers no image uses that a running container has leased.
+    pub kept_leased: Vec<String>,
     pub deleted_blobs: Vec<String>,
     pub swept_staging: usize,
     /// Lock files of layers that no longer exist (every import, refused
@@ -289,6 +324,59 @@ impl Store {
     pub fn lock_layer(&self, chain_id: &Digest) -> Result<lock::LockGuard, StoreError> {
         let path = self.layout.layer_lock(chain_id);
         lock::exclusive(&path).map_err(io_error(&path))
+    }
+
+    /// The lock an import holds on one of its image's layers until the
+    /// image is committed, and whether the layer is there: shared when it is
+    /// (nothing deletes it meanwhile, and a run's lease does not make the
+    /// import wait), exclusive to build it when it is not.
+    pub fn lock_layer_for_import(
+        &self,
+        chain_id: &Digest,
+    ) -> Result<(lock::LockGuard, bool), StoreError> {
+        let path = self.layout.layer_lock(chain_id);
+        let shared = lock::shared(&path).map_err(io_error(&path))?;
+        if self.has_layer(chain_id) {
+            return Ok((shared, true));
+        }
+        drop(shared);
+        let exclusive = self.lock_layer(chain_id)?;
+        // Another import may have built it between the two locks.
+        let present = self.has_layer(chain_id);
+        Ok((exclusive, present))
+    }
+
+    /// Leases the layers of a resolved image for a run (see [`LayerLease`]),
+    /// bottom to top as every locker goes. A layer deleted between the
+    /// resolve and its lock is reported as missing, by name.
+    pub fn lease(&self, image: &ResolvedImage) -> Result<LayerLease, StoreError> {
+        let mut locks = Vec::with_capacity(image.layers.len());
+        for layer in &image.layers {
+            let chain_id = Digest::parse(&layer.chain_id)
+                .map_err(|e| StoreError::Corrupt(format!("image {}: {e}", image.name)))?;
+            let path = self.layout.layer_lock(&chain_id);
+            locks.push(lock::shared(&path).map_err(io_error(&path))?);
+            if !layer.disk.is_file() {
+                return Err(StoreError::LayerMissing {
+                    image: image.name.clone(),
+                    chain_id: layer.chain_id.clone(),
+                });
+            }
+        }
+        Ok(LayerLease { locks })
+    }
+
+    /// Whether a run holds a lease on the layer right now: its lock is held,
+    /// and held shared (an import building the layer holds it exclusive).
+    fn layer_leased(&self, chain_id: &Digest) -> Result<bool, StoreError> {
+        let path = self.layout.layer_lock(chain_id);
+        if lock::try_exclusive(&path)
+            .map_err(io_error(&path))?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        Ok(lock::try_shared(&path).map_err(io_error(&path))?.is_some())
     }
 
     /// IDs of every image in the image database.
@@ -480,8 +568,19 @@ impl Store {
 
     /// Chain IDs used by any image in the database.
     fn referenced_layers(&self) -> Result<BTreeSet<Digest>, StoreError> {
+        self.referenced_layers_except(None)
+    }
+
+    /// Chain IDs used by the images other than `except`.
+    fn referenced_layers_except(
+        &self,
+        except: Option<&Digest>,
+    ) -> Result<BTreeSet<Digest>, StoreError> {
         let mut referenced = BTreeSet::new();
         for id in self.image_ids()? {
+            if Some(&id) == except {
+                continue;
+            }
             let config = self.image_config(&id)?;
             referenced.extend(chain_ids(&diff_ids_of(&config, &id)?));
         }
@@ -531,25 +630,37 @@ impl Store {
 
     /// Removes a tag, or with an ID all of an image's tags; the image goes
     /// when no tag is left, and then its layers that no other image uses.
-    /// An image whose layers a container uses is not removed.
+    /// An image whose layers a container uses, or whose own layers (those
+    /// no other image shares) a running container has leased, is not
+    /// removed.
     pub fn remove(&self, name: &str) -> Result<RemoveReport, StoreError> {
         let (id, _) = self.resolve_id(name)?;
-        let in_use = self.container_layers()?;
-        if !in_use.is_empty() {
+        let last_tag = {
             let repositories = self.repositories()?;
             let by_tag = reference::normalize(name)
                 .ok()
                 .filter(|n| repositories.lookup(n).is_some());
-            let last_tag = by_tag.is_none() || repositories.tags_of(&id).len() <= 1;
-            if last_tag {
-                for chain_id in chain_ids(&diff_ids_of(&self.image_config(&id)?, &id)?) {
-                    if let Some(container) = in_use.get(&chain_id) {
-                        return Err(StoreError::InUse {
-                            image: name.to_string(),
-                            chain_id: chain_id.to_string(),
-                            container: container.clone(),
-                        });
-                    }
+            by_tag.is_none() || repositories.tags_of(&id).len() <= 1
+        };
+        if last_tag {
+            let chain = chain_ids(&diff_ids_of(&self.image_config(&id)?, &id)?);
+            let in_use = self.container_layers()?;
+            for chain_id in &chain {
+                if let Some(container) = in_use.get(chain_id) {
+                    return Err(StoreError::InUse {
+                        image: name.to_string(),
+                        chain_id: chain_id.to_string(),
+                        container: container.clone(),
+                    });
+                }
+            }
+            let shared = self.referenced_layers_except(Some(&id))?;
+            for chain_id in chain.iter().filter(|c| !shared.contains(c)) {
+                if self.layer_leased(chain_id)? {
+                    return Err(StoreError::Leased {
+                        image: name.to_string(),
+                        chain_id: chain_id.to_string(),
+                    });
                 }
             }
         }
@@ -593,8 +704,10 @@ impl Store {
         };
         // Top first: a layer's children go before it.
         for chain_id in layers.iter().rev() {
-            if self.delete_layer_if_unreferenced(chain_id)?.is_some() {
-                report.deleted_layers.push(chain_id.to_string());
+            match self.delete_layer_if_unreferenced(chain_id)? {
+                Deletion::Deleted(_) => report.deleted_layers.push(chain_id.to_string()),
+                Deletion::Leased => report.kept_leased.push(chain_id.to_string()),
+                Deletion::Kept => {}
             }
         }
         self.delete_unreferenced_blobs()?;
@@ -622,9 +735,13 @@ impl Store {
                 }
                 continue;
             }
-            if let Some(bytes) = self.delete_layer_if_unreferenced(&chain_id)? {
-                report.reclaimed_bytes += bytes;
-                report.deleted_layers.push(chain_id.to_string());
+            match self.delete_layer_if_unreferenced(&chain_id)? {
+                Deletion::Deleted(bytes) => {
+                    report.reclaimed_bytes += bytes;
+                    report.deleted_layers.push(chain_id.to_string());
+                }
+                Deletion::Leased => report.kept_leased.push(chain_id.to_string()),
+                Deletion::Kept => {}
             }
         }
         report.deleted_blobs = self.delete_unreferenced_blobs()?;
@@ -682,25 +799,37 @@ impl Store {
     }
 
     /// Lock order everywhere: layer locks (bottom to top) before the store
-    /// lock. A layer an import is building or committing is busy and kept.
-    fn delete_layer_if_unreferenced(&self, chain_id: &Digest) -> Result<Option<u64>, StoreError> {
+    /// lock. The layer's lock is only tried, never waited for: a layer an
+    /// import is building or committing, or a run has leased, is kept.
+    fn delete_layer_if_unreferenced(&self, chain_id: &Digest) -> Result<Deletion, StoreError> {
         let lock_path = self.layout.layer_lock(chain_id);
         let Some(_layer) = lock::try_exclusive(&lock_path).map_err(io_error(&lock_path))? else {
+            // An image still uses it: not a deletion anyone asked for.
+            if self.referenced_layers()?.contains(chain_id) {
+                return Ok(Deletion::Kept);
+            }
+            if lock::try_shared(&lock_path)
+                .map_err(io_error(&lock_path))?
+                .is_some()
+            {
+                tracing::info!(%chain_id, "layer in use by a running container: kept");
+                return Ok(Deletion::Leased);
+            }
             tracing::info!(%chain_id, "layer busy (an import is using it): kept");
-            return Ok(None);
+            return Ok(Deletion::Kept);
         };
         let _store = self.lock_store()?;
         if self.referenced_layers()?.contains(chain_id) {
-            return Ok(None);
+            return Ok(Deletion::Kept);
         }
         let dir = self.layout.layer_dir(chain_id);
         if !dir.exists() {
-            return Ok(None);
+            return Ok(Deletion::Kept);
         }
         let bytes = fsutil::tree_size(&dir).map_err(io_error(&dir))?;
         fsutil::remove_tree_atomically(&self.layout.tmp_dir(), &dir).map_err(io_error(&dir))?;
         tracing::info!(%chain_id, "layer deleted");
-        Ok(Some(bytes))
+        Ok(Deletion::Deleted(bytes))
     }
 
     fn delete_unreferenced_blobs(&self) -> Result<Vec<String>, StoreError> {

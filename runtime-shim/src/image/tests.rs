@@ -165,3 +165,121 @@ fn ambiguous_and_missing_layers_are_reported() {
     fs::write(store.layout().image_config(&id), b"{}").unwrap();
     assert!(matches!(store.resolve("x"), Err(StoreError::Corrupt(_))));
 }
+
+#[test]
+fn a_lease_keeps_rm_and_prune_off_the_layers_until_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let base = Digest::of_bytes(b"base");
+    let running = [base.clone(), Digest::of_bytes(b"running")];
+    let other = [base.clone(), Digest::of_bytes(b"other")];
+    add_image(&store, &running, "running", &["running:latest"]);
+    add_image(&store, &other, "other", &["other:latest"]);
+    let chain = chain_ids(&running);
+    let disks: Vec<_> = chain.iter().map(|c| store.layout().layer_disk(c)).collect();
+
+    let image = store.resolve("running").unwrap();
+    let lease = store.lease(&image).unwrap();
+    // A second run of the same image leases the same layers at once.
+    let second = store.lease(&image).unwrap();
+    drop(second);
+
+    // rm refuses: the image's own top layer is leased.
+    match store.remove("running") {
+        Err(e @ StoreError::Leased { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("in use by a running container"), "{text}");
+            assert!(text.contains(&chain[1].to_string()), "{text}");
+        }
+        other => panic!("rm of a leased image: {other:?}"),
+    }
+    assert!(store.resolve("running").is_ok(), "the image is still there");
+    // An image that only shares the leased base goes, and keeps the base.
+    let report = store.remove("other").unwrap();
+    assert_eq!(
+        report.deleted_layers,
+        vec![chain_ids(&other)[1].to_string()]
+    );
+    assert!(report.kept_leased.is_empty());
+
+    // The image record removed under the run (as an rm racing the lease
+    // would leave it): prune keeps the leased layers and says so.
+    let id = Digest::parse(&image.id).unwrap();
+    fs::remove_file(store.layout().image_config(&id)).unwrap();
+    let report = store.prune().unwrap();
+    assert!(report.deleted_layers.is_empty(), "{report:?}");
+    let mut kept = report.kept_leased.clone();
+    kept.sort();
+    let mut expected: Vec<String> = chain.iter().map(Digest::to_string).collect();
+    expected.sort();
+    assert_eq!(kept, expected);
+    for disk in &disks {
+        assert!(disk.is_file(), "{} deleted under a lease", disk.display());
+    }
+
+    drop(lease);
+    let report = store.prune().unwrap();
+    assert!(report.kept_leased.is_empty());
+    assert_eq!(report.deleted_layers.len(), 2, "{report:?}");
+    for disk in &disks {
+        assert!(!disk.exists());
+    }
+}
+
+#[test]
+fn rm_works_once_the_lease_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let layers = [Digest::of_bytes(b"solo")];
+    add_image(&store, &layers, "solo", &["solo:latest", "solo:v1"]);
+    let lease = store.lease(&store.resolve("solo").unwrap()).unwrap();
+    // Untagging while other tags remain deletes nothing: allowed.
+    let report = store.remove("solo:v1").unwrap();
+    assert!(report.deleted_image.is_none());
+    assert!(matches!(
+        store.remove("solo"),
+        Err(StoreError::Leased { .. })
+    ));
+    drop(lease);
+    let report = store.remove("solo").unwrap();
+    assert!(report.deleted_image.is_some());
+    assert_eq!(report.deleted_layers, vec![layers[0].to_string()]);
+}
+
+#[test]
+fn leasing_a_layer_deleted_after_resolve_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let layers = [Digest::of_bytes(b"low"), Digest::of_bytes(b"high")];
+    add_image(&store, &layers, "gone", &["gone:latest"]);
+    let image = store.resolve("gone").unwrap();
+    let top = chain_ids(&layers)[1].clone();
+    fs::remove_dir_all(store.layout().layer_dir(&top)).unwrap();
+    match store.lease(&image) {
+        Err(e @ StoreError::LayerMissing { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&top.to_string()), "{text}");
+            assert!(text.contains("gone:latest"), "{text}");
+        }
+        other => panic!("lease of a deleted layer: {other:?}"),
+    }
+    // The refused lease holds nothing: the remaining layer can go.
+    let bottom = chain_ids(&layers)[0].clone();
+    let lock = store.layout().layer_lock(&bottom);
+    assert!(super::lock::try_exclusive(&lock).unwrap().is_some());
+}
+
+#[test]
+fn an_import_does_not_wait_for_a_lease_on_a_layer_it_reuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let layers = [Digest::of_bytes(b"reused")];
+    add_image(&store, &layers, "r", &["r:latest"]);
+    let _lease = store.lease(&store.resolve("r").unwrap()).unwrap();
+    // Would block forever if imports took the exclusive lock on it.
+    let (_held, present) = store.lock_layer_for_import(&layers[0]).unwrap();
+    assert!(present);
+    let missing = Digest::of_bytes(b"new");
+    let (_held, present) = store.lock_layer_for_import(&missing).unwrap();
+    assert!(!present);
+}

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::vm_cgroup::{Limits, VmCgroup};
+
 /// Which program runs the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
@@ -151,6 +153,11 @@ pub struct VmConfig {
     pub nics: Vec<crate::network::NicConfig>,
     /// A pod's VM: spare layer-disk slots for its members (QEMU only).
     pub pod: Option<super::pod::PodSlots>,
+    /// The name of the VM process's own cgroup (`husk/<name>`, the
+    /// container's ID; see [`super::vm_cgroup`]), or none.
+    pub cgroup: Option<String>,
+    /// `--cpus`: the VM process's CPU time (its cgroup's `cpu.max`).
+    pub cpus: Option<f64>,
 }
 
 /// The VM program finds NIC `i`'s tap at this fd + `i`.
@@ -201,6 +208,8 @@ pub enum BackendError {
     Wait(std::io::Error),
     #[error("invalid VM configuration: {0}")]
     Config(String),
+    #[error("the VM process's cgroup: {0}")]
+    Cgroup(String),
 }
 
 /// Starts VMs.
@@ -227,10 +236,46 @@ pub fn base_cmdline() -> Vec<String> {
 /// dies without cleaning up.
 pub(crate) fn spawn_vm(
     kind: BackendKind,
-    mut command: Command,
+    command: Command,
     config: &VmConfig,
 ) -> Result<VmProcess, BackendError> {
+    spawn_vm_with(kind, command, config, PidNamespace::Host)
+}
+
+/// Where the VM program's process lives among the host's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PidNamespace {
+    Host,
+    /// PID 1 of a namespace of its own (see `pid_namespace`; needs root).
+    Own,
+}
+
+/// [`spawn_vm`], optionally in a PID namespace of its own.
+pub(crate) fn spawn_vm_with(
+    kind: BackendKind,
+    mut command: Command,
+    config: &VmConfig,
+    pid_namespace: PidNamespace,
+) -> Result<VmProcess, BackendError> {
     let program = command.get_program().to_string_lossy().into_owned();
+    let cgroup = match &config.cgroup {
+        Some(name) => {
+            let limits = Limits::for_vm(kind, config.memory_mib, config.vcpus, config.cpus);
+            VmCgroup::create(name, &limits).map_err(|e| BackendError::Cgroup(e.to_string()))?
+        }
+        None => None,
+    };
+    if let Some(cgroup) = &cgroup {
+        let procs = cgroup.procs_fd();
+        // SAFETY: one write(2) to a descriptor that stays open in the
+        // parent (the cgroup lives past the spawn); nothing allocates.
+        unsafe {
+            command.pre_exec(move || {
+                VmCgroup::join_in_child(procs);
+                Ok(())
+            });
+        }
+    }
     let taps = open_taps(config)?;
     if !taps.is_empty() {
         use std::os::fd::AsRawFd;
@@ -262,11 +307,24 @@ pub(crate) fn spawn_vm(
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
         .process_group(0);
-    // SAFETY: the closure runs between fork and exec and calls only prctl and
-    // getppid, which are async-signal-safe.
+    // The parent may die before prctl takes effect. In the host's PID
+    // namespace getppid() then changes; in a namespace of its own it is 0
+    // either way, so there the child watches a pipe whose write end only
+    // husk holds once the child has closed its inherited copy: a hang-up
+    // means husk is gone.
+    let (alive_read, alive_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| BackendError::Spawn {
+            program: program.clone(),
+            source: e.into(),
+        })?;
+    // SAFETY: the closure runs between fork and exec and calls only prctl,
+    // getppid, close and poll, which are async-signal-safe.
     unsafe {
+        use std::os::fd::AsRawFd;
         let parent = libc::getpid();
+        let (read_fd, write_fd) = (alive_read.as_raw_fd(), alive_write.as_raw_fd());
         command.pre_exec(move || {
+            libc::close(write_fd);
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -277,15 +335,28 @@ pub(crate) fn spawn_vm(
             {
                 return Err(std::io::Error::last_os_error());
             }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() != parent {
+            let ppid = libc::getppid();
+            let mut watch = libc::pollfd {
+                fd: read_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let hung_up = libc::poll(&mut watch, 1, 0) > 0;
+            if (ppid != 0 && ppid != parent) || hung_up {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
     }
-    tracing::debug!(?command, "starting VM");
-    let child = command.spawn().map_err(|source| {
+    tracing::debug!(?command, ?pid_namespace, "starting VM");
+    let spawned = match pid_namespace {
+        PidNamespace::Host => command.spawn().map(|child| (child, None)),
+        PidNamespace::Own => {
+            super::pid_namespace::spawn(command).map(|(child, parent)| (child, Some(parent)))
+        }
+    };
+    drop((alive_read, alive_write));
+    let (child, namespace_parent) = spawned.map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             BackendError::ProgramMissing {
                 program: program.clone(),
@@ -298,7 +369,8 @@ pub(crate) fn spawn_vm(
             }
         }
     })?;
-    Ok(VmProcess {
+    let pid = child.id();
+    let vm = VmProcess {
         child: Some(child),
         joined_pid: 0,
         kind,
@@ -307,7 +379,21 @@ pub(crate) fn spawn_vm(
         vmm_log: config.vmm_log.clone(),
         status: None,
         log_copies: vec![log_copy],
-    })
+        _namespace_parent: namespace_parent,
+        cgroup,
+    };
+    if let Some(cgroup) = &vm.cgroup {
+        // The child could not report a failed join; a VM outside its
+        // limits does not run (dropping `vm` kills it, then the cgroup goes).
+        if !cgroup.holds(pid) {
+            return Err(BackendError::Cgroup(format!(
+                "the VM process (pid {pid}) did not join {}",
+                cgroup.path().display()
+            )));
+        }
+        tracing::info!(path = %cgroup.path().display(), "VM process in its own cgroup");
+    }
+    Ok(vm)
 }
 
 /// A running VM program. Dropping it kills and reaps the process.
@@ -328,6 +414,12 @@ pub struct VmProcess {
     status: Option<ExitStatus>,
     /// The capped copies of its logs (see `logcap`).
     log_copies: Vec<super::logcap::LogCopy>,
+    /// The thread that forked it into a PID namespace of its own, kept
+    /// until it has been reaped (dropped after `Drop::drop` kills it).
+    _namespace_parent: Option<super::pid_namespace::NamespaceParent>,
+    /// Its cgroup, removed when this handle drops: after [`Drop`] has
+    /// reaped the process (fields drop after `drop` runs).
+    cgroup: Option<VmCgroup>,
 }
 
 impl VmProcess {
@@ -342,6 +434,8 @@ impl VmProcess {
             vmm_log,
             status: None,
             log_copies: Vec::new(),
+            _namespace_parent: None,
+            cgroup: None,
         }
     }
 
@@ -363,6 +457,11 @@ impl VmProcess {
 
     pub fn serial_log(&self) -> &Path {
         &self.serial_log
+    }
+
+    /// The VM process's own cgroup, when it has one.
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.cgroup.as_ref().map(VmCgroup::path)
     }
 
     /// Keeps another capped log copy of this VM (QEMU's serial port), so
@@ -501,6 +600,8 @@ mod tests {
             cmdline_extra: vec![],
             nics: Vec::new(),
             pod: None,
+            cgroup: None,
+            cpus: None,
         }
     }
 

@@ -46,6 +46,8 @@ impl Fixture {
             cmdline_extra: vec![],
             nics: Vec::new(),
             pod: None,
+            cgroup: None,
+            cpus: None,
         }
     }
 

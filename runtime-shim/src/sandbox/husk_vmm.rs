@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::backend::{
-    base_cmdline, concat_part_sizes, spawn_vm, write_listing, BackendError, BackendKind, DiskImage,
-    VmBackend, VmConfig, VmProcess,
+    base_cmdline, concat_part_sizes, spawn_vm_with, write_listing, BackendError, BackendKind,
+    DiskImage, PidNamespace, VmBackend, VmConfig, VmProcess,
 };
 
 pub struct HuskVmmBackend {
@@ -220,10 +220,17 @@ impl VmBackend for HuskVmmBackend {
 
     fn start(&self, config: &VmConfig) -> Result<VmProcess, BackendError> {
         let jail = Jail::prepare(config)?;
-        spawn_vm(
+        // Jailed (root): PID 1 of a PID namespace of its own as well.
+        let pid_namespace = if jail.is_some() {
+            PidNamespace::Own
+        } else {
+            PidNamespace::Host
+        };
+        spawn_vm_with(
             self.kind(),
             self.command_jailed(config, jail.as_ref())?,
             config,
+            pid_namespace,
         )
     }
 }
@@ -260,6 +267,8 @@ mod tests {
             cmdline_extra: vec!["x=y".into()],
             nics: Vec::new(),
             pod: None,
+            cgroup: None,
+            cpus: None,
         }
     }
 

@@ -26,6 +26,7 @@ use super::spec::{self, RunOptions, SpecError};
 use super::stdio::{self, HostStdio, SessionOptions};
 use super::terminal::RawModeGuard;
 use crate::container::instance::{Instance, StartError, INIT_PROCESS};
+use crate::image::store::LayerLease;
 use crate::image::{Store, StoreError};
 
 /// Guest kernel and agent need this on top of the container's memory.
@@ -181,6 +182,12 @@ pub struct Prepared {
     pub spec: Spec,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// `--cpus`: also the VM process's CPU time (its cgroup's `cpu.max`).
+    pub cpus: Option<f64>,
+    /// The run's lease on its image's layer disks: held until this value
+    /// drops (after the VM, in [`run`]), or handed to the container's
+    /// monitor, which holds it until it exits.
+    pub lease: LayerLease,
 }
 
 impl Prepared {
@@ -198,6 +205,8 @@ impl Prepared {
             cmdline_extra: Vec::new(),
             nics: Vec::new(),
             pod: None,
+            cgroup: Some(self.id.clone()),
+            cpus: self.cpus,
         }
     }
 
@@ -240,6 +249,8 @@ pub fn prepare(
 ) -> Result<Prepared, LaunchError> {
     let store = Store::open(store_root)?;
     let image = store.resolve(&launch.image)?;
+    // From here to the VM's exit no `image rm`/`prune` deletes these disks.
+    let lease = store.lease(&image)?;
     let (layers_disk, layers) = layers::pack(&image.name, &image.layers)?;
     let disks = vec![layers_disk];
 
@@ -269,6 +280,8 @@ pub fn prepare(
         spec,
         vcpus: launch.vcpus.max(1),
         memory_mib,
+        cpus: options.cpus,
+        lease,
     })
 }
 

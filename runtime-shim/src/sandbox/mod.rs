@@ -15,6 +15,7 @@ pub mod initramfs;
 pub mod launch;
 pub mod layers;
 pub mod logcap;
+mod pid_namespace;
 pub mod pod;
 pub mod printable;
 pub mod qemu;
@@ -24,6 +25,7 @@ pub mod signals;
 pub mod spec;
 pub mod stdio;
 pub mod terminal;
+pub mod vm_cgroup;
 
 #[cfg(test)]
 mod client_tests;

@@ -239,6 +239,8 @@ mod tests {
             cmdline_extra: vec!["husk.debug=1".into()],
             nics: Vec::new(),
             pod: None,
+            cgroup: None,
+            cpus: None,
         }
     }
 

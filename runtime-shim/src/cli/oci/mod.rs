@@ -406,6 +406,7 @@ fn create(
         disks: disks.to_vec(),
         vcpus: 1,
         memory_mib: vm_memory_mib(memory),
+        cpus: crate::sandbox::vm_cgroup::cpus_of_spec(&bundle.spec),
         create: husk_protocol::CreateContainer {
             container_id: args.id.clone(),
             init_process: INIT_PROCESS,
@@ -427,6 +428,8 @@ fn create(
         nics: network.nics.clone(),
         network: network.release.clone(),
         pod,
+        lease: None,
+        lease_fds: Vec::new(),
     };
     let (child, state) = lifecycle::create(&cli.root, &config, cli.log_level())?;
     // The monitor runs and owns the network now.

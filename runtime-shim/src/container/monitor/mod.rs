@@ -30,7 +30,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 
 use super::state::{State, StateDir};
+use crate::image::store::LayerLease;
 use crate::sandbox::backend::DiskConfig;
+use std::sync::Arc;
 
 mod console;
 mod output;
@@ -62,6 +64,9 @@ pub struct MonitorConfig {
     pub disks: Vec<DiskSpec>,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// CPU time of the VM process (`--cpus`; its cgroup's `cpu.max`).
+    #[serde(default)]
+    pub cpus: Option<f64>,
     pub create: CreateContainer,
     pub stdio: InitStdio,
     /// The state to publish once created (status and pids are filled in).
@@ -75,6 +80,14 @@ pub struct MonitorConfig {
     /// The container's network, released when the monitor ends.
     #[serde(default)]
     pub network: Option<crate::network::NetworkRelease>,
+    /// The starter's lease on the image's layers ([`LayerLease`]): [`spawn`]
+    /// gives the monitor copies of its descriptors, so the monitor holds the
+    /// lease until it exits (even when killed), whatever the starter does.
+    #[serde(skip)]
+    pub lease: Option<Arc<LayerLease>>,
+    /// Those copies' numbers in the monitor (set by [`spawn`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lease_fds: Vec<RawFd>,
     /// Its part in a pod that shares one VM (`None`: a VM of its own).
     #[serde(default)]
     pub pod: Option<PodRole>,
@@ -151,8 +164,20 @@ pub fn spawn_with_stdio(
     log_level: &str,
     stdio: [RawFd; 3],
 ) -> Result<(Child, i32), MonitorError> {
+    // Numbered 10 or above like the dup2 sources below, so that the
+    // monitor finds them at the numbers its configuration names.
+    let lease_fds: Vec<OwnedFd> = config
+        .lease
+        .iter()
+        .flat_map(|lease| lease.fds())
+        .map(dup_high)
+        .collect::<io::Result<_>>()
+        .map_err(MonitorError::Spawn)?;
+    let lease_raw: Vec<RawFd> = lease_fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut config = config.clone();
+    config.lease_fds = lease_raw.clone();
     let config_path = dir.monitor_config();
-    let bytes = serde_json::to_vec_pretty(config).map_err(|e| MonitorError::Config {
+    let bytes = serde_json::to_vec_pretty(&config).map_err(|e| MonitorError::Config {
         path: config_path.clone(),
         source: e.into(),
     })?;
@@ -195,11 +220,19 @@ pub fn spawn_with_stdio(
     let ready_raw = ready_w.as_raw_fd();
     let inherited_raw: Vec<RawFd> = inherited.iter().map(|f| f.as_raw_fd()).collect();
     // SAFETY: between fork and exec only async-signal-safe calls (setsid,
-    // dup2) on descriptors that are open in the parent.
+    // dup2, fcntl) on descriptors that are open in the parent; no allocation
+    // (the vectors were built before the fork).
     unsafe {
         command.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            // The lease's copies stay open across exec (all else is
+            // close-on-exec); the monitor marks them close-on-exec again.
+            for fd in &lease_raw {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             if libc::dup2(ready_raw, READY_FD) < 0 {
                 return Err(io::Error::last_os_error());
@@ -215,6 +248,7 @@ pub fn spawn_with_stdio(
     let mut child = command.spawn().map_err(MonitorError::Spawn)?;
     drop(ready_w);
     drop(inherited);
+    drop(lease_fds);
     let mut text = String::new();
     let read = File::from(ready_r).read_to_string(&mut text);
     let line = text.lines().next().unwrap_or("");
@@ -231,6 +265,26 @@ pub fn spawn_with_stdio(
             Err(MonitorError::Died(log.trim_end().to_string()))
         }
     }
+}
+
+/// Takes over the lease descriptors [`spawn`] passed down (numbers from the
+/// configuration): close-on-exec again, so the VM program does not get
+/// them, and open until the returned values drop (when the monitor ends).
+pub(super) fn adopt_lease(fds: &[RawFd]) -> Vec<OwnedFd> {
+    fds.iter()
+        // Below 10 are our stdio, the ready pipe and the init's stdio.
+        .filter(|&&fd| fd >= 10)
+        .filter_map(|&fd| {
+            // SAFETY: F_SETFD on a descriptor number; EBADF if not open.
+            let ok = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0;
+            if !ok {
+                tracing::warn!(fd, "the lease descriptor from the starter is not open");
+                return None;
+            }
+            // SAFETY: the starter left this descriptor open for us alone.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect()
 }
 
 /// A close-on-exec copy of `fd` numbered 10 or above (clear of the

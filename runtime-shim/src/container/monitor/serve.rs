@@ -84,6 +84,8 @@ pub(super) fn serve(
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| fail(ready, format!("reading the monitor's configuration: {e}")))?;
+    // The image's layers stay leased until this monitor exits.
+    let _lease = super::adopt_lease(&config.lease_fds);
     // From here on every way out releases the container's network.
     let _network = crate::network::ReleaseGuard(config.network.clone());
     if let Some(network) = &config.network {
@@ -116,6 +118,8 @@ pub(super) fn serve(
         cmdline_extra: Vec::new(),
         nics: config.nics.clone(),
         pod: None,
+        cgroup: Some(id.clone()),
+        cpus: config.cpus,
     };
     if let Some(PodRole::Sandbox { slots }) = &config.pod {
         let slots = PodSlots::in_dir(rundir.path(), *slots);

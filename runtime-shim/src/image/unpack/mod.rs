@@ -4,11 +4,15 @@
 //!
 //! Every path is validated by [`path`] and every entry is created relative
 //! to a directory descriptor reached by walking its parents with
-//! `O_NOFOLLOW`: no write ever goes through a symlink, including one created
-//! earlier by the same archive. (`tar::Entry::unpack_in` checks paths
-//! lexically, which does not stop that; it is not used.)
+//! `O_NOFOLLOW` ([`resolve`]): the kernel never follows a symlink for a
+//! write. A parent that is a symlink made earlier by the same layer is
+//! resolved as Docker resolves it (within the layer root, absolute targets
+//! from the root), by reading the link and walking its target the same way;
+//! one that leads above the layer root is refused. (`tar::Entry::unpack_in`
+//! checks paths lexically, which does not stop that; it is not used.)
 
 pub mod path;
+pub mod resolve;
 pub mod whiteout;
 mod xattr;
 
@@ -22,6 +26,7 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use path::PathError;
+use resolve::ResolveError;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
@@ -39,8 +44,10 @@ pub enum UnpackError {
     Path { path: String, source: PathError },
     #[error("entry {path:?}")]
     Whiteout { path: String, source: BadWhiteout },
-    #[error("entry {path:?} would be written through {through:?}, which is a symlink or not a directory")]
-    ThroughLink { path: String, through: String },
+    /// A parent of the entry (after following symlinks inside the layer)
+    /// is not a directory, leads above the layer root, or loops.
+    #[error("entry {path:?}: its parent {reason}")]
+    Parent { path: String, reason: ResolveError },
     #[error("hard link {path:?} -> {target:?}: {reason}")]
     HardLink {
         path: String,
@@ -158,6 +165,19 @@ fn io_err<'a>(path: &'a str, op: &'static str) -> impl FnOnce(Errno) -> UnpackEr
     }
 }
 
+/// An entry's parent directory, and its path from the layer root with any
+/// symlinks on the way resolved (the entry lands there).
+struct Parent {
+    fd: OwnedFd,
+    parts: Vec<OsString>,
+}
+
+impl Parent {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 struct Unpacker<'l> {
     dest: PathBuf,
     root: OwnedFd,
@@ -166,8 +186,9 @@ struct Unpacker<'l> {
     /// children would otherwise change their mtimes, and a read-only mode
     /// would be in the way.
     dirs: HashMap<Vec<OsString>, Meta>,
-    /// The last parent walked to; tar streams list siblings together.
-    cached_parent: Option<(Vec<OsString>, Rc<OwnedFd>)>,
+    /// The last parent walked to (the archive's path, and where it led);
+    /// tar streams list siblings together.
+    cached_parent: Option<(Vec<OsString>, Rc<Parent>)>,
     stats: UnpackStats,
 }
 
@@ -214,9 +235,16 @@ impl Unpacker<'_> {
             return self.whiteout(parent_parts, whiteout, &shown);
         }
         let parent = self.parent(parent_parts, &shown)?;
+        // From here on, the entry's path is where it lands.
+        let parent_parts = parent.parts.as_slice();
+        let parts: Vec<OsString> = parent_parts
+            .iter()
+            .cloned()
+            .chain(std::iter::once(name.to_os_string()))
+            .collect();
         match kind {
             EntryType::Directory => {
-                self.clear(&parent, parent_parts, name, true, &shown)?;
+                self.clear(&parent.fd, parent_parts, name, true, &shown)?;
                 match mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o700)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(io_err(&shown, "mkdir")(e)),
@@ -224,7 +252,7 @@ impl Unpacker<'_> {
                 self.dirs.insert(parts.clone(), meta);
             }
             EntryType::Regular | EntryType::Continuous => {
-                self.regular_file(&mut entry, &parent, parent_parts, name, &meta, &shown)?;
+                self.regular_file(&mut entry, &parent.fd, parent_parts, name, &meta, &shown)?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -240,10 +268,10 @@ impl Unpacker<'_> {
                         target: String::from_utf8_lossy(&target).into_owned(),
                     });
                 }
-                self.clear(&parent, parent_parts, name, false, &shown)?;
+                self.clear(&parent.fd, parent_parts, name, false, &shown)?;
                 symlinkat(OsStr::from_bytes(&target), parent.as_fd(), name)
                     .map_err(io_err(&shown, "symlink"))?;
-                self.apply_to_entry(&parent, name, &meta, false, &shown)?;
+                self.apply_to_entry(&parent.fd, name, &meta, false, &shown)?;
             }
             EntryType::Link => {
                 let target = entry
@@ -253,7 +281,7 @@ impl Unpacker<'_> {
                         path: shown.clone(),
                         what: "hard link without a target".into(),
                     })?;
-                self.hard_link(&parts, &parent, name, &target, &shown)?;
+                self.hard_link(&parts, &parent.fd, name, &target, &shown)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (file_type, dev) = match kind {
@@ -269,7 +297,7 @@ impl Unpacker<'_> {
                         (file_type, makedev(u64::from(major), u64::from(minor)))
                     }
                 };
-                self.clear(&parent, parent_parts, name, false, &shown)?;
+                self.clear(&parent.fd, parent_parts, name, false, &shown)?;
                 mknodat(
                     parent.as_fd(),
                     name,
@@ -278,7 +306,7 @@ impl Unpacker<'_> {
                     dev,
                 )
                 .map_err(io_err(&shown, "mknod"))?;
-                self.apply_to_entry(&parent, name, &meta, true, &shown)?;
+                self.apply_to_entry(&parent.fd, name, &meta, true, &shown)?;
             }
             other => {
                 return Err(UnpackError::UnsupportedType {
@@ -357,9 +385,22 @@ impl Unpacker<'_> {
         if whiteout::classify(target_name).is_some() {
             return Err(refuse("links to a whiteout".into()));
         }
-        let target_parent = self
-            .existing_dir(target_parent_parts)
-            .ok_or_else(|| refuse("target is not in the layer".into()))?;
+        // The target's parents are resolved as the entry's are.
+        let target_parent = resolve::walk(
+            &self.root,
+            target_parent_parts,
+            false,
+            self.limits.max_path_depth,
+        )
+        .map_err(|e| match e {
+            ResolveError::Missing { .. } => refuse("target is not in the layer".into()),
+            other => refuse(format!("target's parent {other}")),
+        })?;
+        if target_parent.parts == parts[..parts.len() - 1] && target_name == &parts[parts.len() - 1]
+        {
+            return Err(refuse("links to itself".into()));
+        }
+        let target_parent = target_parent.dir;
         match fstatat(
             target_parent.as_fd(),
             target_name.as_os_str(),
@@ -392,6 +433,7 @@ impl Unpacker<'_> {
         shown: &str,
     ) -> Result<(), UnpackError> {
         let parent = self.parent(parent_parts, shown)?;
+        let parent_parts = parent.parts.as_slice();
         match whiteout {
             Whiteout::Opaque => {
                 let name =
@@ -406,7 +448,7 @@ impl Unpacker<'_> {
                 })
             }
             Whiteout::Remove(target) => {
-                self.clear(&parent, parent_parts, &target, false, shown)?;
+                self.clear(&parent.fd, parent_parts, &target, false, shown)?;
                 mknodat(
                     parent.as_fd(),
                     target.as_os_str(),
@@ -429,58 +471,35 @@ impl Unpacker<'_> {
     }
 
     /// The directory holding `parts`' last component, creating missing
-    /// directories, never following a symlink.
-    fn parent(&mut self, parts: &[OsString], shown: &str) -> Result<Rc<OwnedFd>, UnpackError> {
-        if let Some((cached, fd)) = &self.cached_parent {
+    /// directories; symlinks on the way are resolved inside the layer root
+    /// ([`resolve::walk`]), never followed by the kernel.
+    fn parent(&mut self, parts: &[OsString], shown: &str) -> Result<Rc<Parent>, UnpackError> {
+        if let Some((cached, parent)) = &self.cached_parent {
             if cached.as_slice() == parts {
-                return Ok(Rc::clone(fd));
+                return Ok(Rc::clone(parent));
             }
         }
-        let mut dir = self.dup_root(shown)?;
-        for (i, part) in parts.iter().enumerate() {
-            dir = match open_dir_nofollow(&dir, part) {
-                Ok(next) => next,
-                Err(Errno::ENOENT) => {
-                    mkdirat(
-                        dir.as_fd(),
-                        part.as_os_str(),
-                        Mode::from_bits_truncate(0o755),
-                    )
-                    .map_err(io_err(shown, "mkdir"))?;
-                    let next = open_dir_nofollow(&dir, part).map_err(io_err(shown, "open"))?;
-                    fchmod(next.as_fd(), Mode::from_bits_truncate(0o755))
-                        .map_err(io_err(shown, "chmod"))?;
-                    next
-                }
-                Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                    return Err(UnpackError::ThroughLink {
-                        path: shown.to_string(),
-                        through: join(&parts[..=i]),
-                    });
-                }
-                Err(e) => return Err(io_err(shown, "open")(e)),
-            };
-        }
-        let dir = Rc::new(dir);
-        self.cached_parent = Some((parts.to_vec(), Rc::clone(&dir)));
-        Ok(dir)
+        let resolved = resolve::walk(&self.root, parts, true, self.limits.max_path_depth).map_err(
+            |reason| UnpackError::Parent {
+                path: shown.to_string(),
+                reason,
+            },
+        )?;
+        let parent = Rc::new(Parent {
+            fd: resolved.dir,
+            parts: resolved.parts,
+        });
+        self.cached_parent = Some((parts.to_vec(), Rc::clone(&parent)));
+        Ok(parent)
     }
 
     /// An existing directory, reached without following symlinks.
     fn existing_dir(&self, parts: &[OsString]) -> Option<OwnedFd> {
-        let mut dir = self.dup_root("").ok()?;
+        let mut dir = self.root.try_clone().ok()?;
         for part in parts {
             dir = open_dir_nofollow(&dir, part).ok()?;
         }
         Some(dir)
-    }
-
-    fn dup_root(&self, shown: &str) -> Result<OwnedFd, UnpackError> {
-        self.root.try_clone().map_err(|source| UnpackError::Io {
-            path: shown.to_string(),
-            op: "dup",
-            source,
-        })
     }
 
     /// Makes room for a new entry `name`: a later tar entry replaces an
