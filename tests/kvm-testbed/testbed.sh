@@ -36,7 +36,8 @@ result_file=${HUSK_TESTBED_RESULT:-}
 say() { printf 'testbed: %s\n' "$*" >&2; }
 # For programs driving `run` (the Rust harness): one line in
 # $HUSK_TESTBED_RESULT saying how the run ended, so a command's own 124 or
-# 125 is not taken for the bed's: "exit N", "timeout", "bed-failed MESSAGE"
+# 125 is not taken for the bed's: "exit N", "timeout", "bed-failed MESSAGE",
+# "crashed REASON" (L1's kernel panicked)
 # or "interrupted SIGNAL".
 result() {
 	[[ -z $result_file ]] || printf '%s\n' "$*" >"$result_file"
@@ -224,6 +225,12 @@ copy_serial() {
 			((BASH_REMATCH[1] >= 60)); then
 			printf 'L1 soft lockup (%s s)\n' "${BASH_REMATCH[1]}" >"$run_tmp/stall-reason"
 		fi
+		# L1's own kernel died (seen once under heavy nested exits: TCG's
+		# emulated SVM left a wrong GS base, and L1 faulted in its fault
+		# handler until the stack guard page).
+		if [[ $line == *"Kernel panic - not syncing"* && ! -s $run_tmp/crashed ]]; then
+			printf 'L1 kernel panic: %s\n' "${line#*not syncing: }" >"$run_tmp/crashed"
+		fi
 	done
 }
 
@@ -393,6 +400,11 @@ cmd_run() {
 		say "stopped the stalled bed ($(cat "$run_tmp/stalled"))"
 		result "stalled $(cat "$run_tmp/stalled")"
 		exit 124
+	fi
+	if [[ -s $run_tmp/crashed && ! -f $io/status ]]; then
+		say "the bed's own kernel crashed ($(cat "$run_tmp/crashed"))"
+		result "crashed $(cat "$run_tmp/crashed")"
+		exit 125
 	fi
 	if ((rc == 124 || rc == 137)) && awk -v a="$start" -v b="$ended_at" -v t="$timeout" 'BEGIN { exit !(b - a >= t) }'; then
 		[[ ! -f $io/status ]] || say "(the command had ended ($(cat "$io/status")), but something kept L1 up)"

@@ -243,6 +243,7 @@ fn parse_outcome(line: &str) -> Outcome {
         "timeout" => Outcome::TimedOut,
         "interrupted" => Outcome::Interrupted(rest.to_owned()),
         "bed-failed" => Outcome::BedFailed(rest.to_owned()),
+        "crashed" | "stalled" => Outcome::BedFailed(line.to_owned()),
         _ => Outcome::BedFailed(format!("unreadable result: {line}")),
     }
 }
