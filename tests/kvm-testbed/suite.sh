@@ -130,9 +130,9 @@ trap 'rm -f "$log" "$result"' EXIT
 
 # L1 sometimes wedges under TCG: its kernel reports a soft lockup, or
 # nothing at all progresses. testbed.sh --stall stops such a boot (after
-# printing where L1's vCPUs were); the binaries that had not passed then run
-# once more in a fresh boot, and the run says so. A test that fails is not
-# retried.
+# printing where L1's vCPUs were), as does a crash of L1's kernel; the
+# binaries that had not passed then run again in a fresh boot (at most three
+# boots), and the run says so. A test that fails is not retried.
 run_bed() {
 	: >"$log"
 	: >"$result"
@@ -149,13 +149,17 @@ run_bed() {
 }
 
 extra=("$@")
-run_bed "${bins[@]}"
-if ((status != 0)) && grep -qE '^(stalled|crashed)' "$result"; then
+left=("${bins[@]}")
+passed=()
+for boot in 1 2 3; do
+	run_bed "${left[@]}"
+	((status != 0)) && grep -qE '^(stalled|crashed)' "$result" || break
+	((boot < 3)) || break
+	mapfile -t -O "${#passed[@]}" passed < <(sed -n 's/^testbed-passed: //p' "$log")
 	left=()
 	for bin in "${bins[@]}"; do
-		grep -qxF "testbed-passed: $bin" "$log" || left+=("$bin")
+		printf '%s\n' "${passed[@]}" | grep -qxF "$bin" || left+=("$bin")
 	done
-	echo "suite: the bed ended early ($(cat "$result")); running again once: ${left[*]##*/}" >&2
-	run_bed "${left[@]}"
-fi
+	echo "suite: the bed ended early ($(cat "$result")); boot $((boot + 1)) of at most 3 runs: ${left[*]##*/}" >&2
+done
 exit "$status"
