@@ -15,16 +15,7 @@ use run_support::{text, RunEnv};
 
 /// `husk --store S ARGS` (not `run`), with the kernel and agent set.
 fn husk(env: &RunEnv, args: &[&str]) -> Command {
-    let mut cmd = Command::new(&env.store.husk);
-    cmd.arg("--store")
-        .arg(env.store.root())
-        .args(args)
-        .env("HUSK_KERNEL", &env.kernel)
-        .env("HUSK_AGENT", &env.agent)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
+    env.husk_command(args)
 }
 
 fn out(env: &RunEnv, args: &[&str]) -> std::process::Output {

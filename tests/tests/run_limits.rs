@@ -221,17 +221,8 @@ fn the_vm_process_runs_in_a_cgroup_of_its_own() {
     assert_eq!(available, Some(true), "{}", report["vm_cgroup"]);
     let env = run_env!();
     let husk = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(&env.store.husk);
-        cmd.arg("--store")
-            .arg(env.store.root())
-            .args(args)
-            .env("HUSK_KERNEL", &env.kernel)
-            .env("HUSK_AGENT", &env.agent)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
         let out = run_support::wait_with_timeout(
-            cmd.spawn().expect("spawn husk"),
+            env.husk_command(args).spawn().expect("spawn husk"),
             run_support::RUN_TIMEOUT,
             args,
         );

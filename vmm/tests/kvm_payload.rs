@@ -534,6 +534,30 @@ fn missing_payload_is_a_clear_config_error() {
     );
 }
 
+/// Starts husk-vmm jailed (root `dir/jail`, nobody's ids) with a spinning
+/// guest and `extra` arguments; says whether the guest got to run.
+fn start_jailed_spinner(dir: &Path, extra: &[&str]) -> (Child, tempfile::NamedTempFile, bool) {
+    let log = dir.join("serial.log");
+    let jail = dir.join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let mut args = vec![
+        "--serial-log",
+        log.to_str().unwrap(),
+        "--jail-root",
+        jail.to_str().unwrap(),
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+    ];
+    args.extend_from_slice(extra);
+    let (mut child, payload) = start_vmm(&bsp_payload(SPIN), &args, Stdio::null(), Stdio::piped());
+    let running = wait_for(&mut child, Duration::from_secs(10), || {
+        std::fs::read(&log).unwrap_or_default().contains(&b'B')
+    });
+    (child, payload, running)
+}
+
 /// The jail is in force once the guest runs: no_new_privs, seccomp
 /// filtering, no capability at all, the requested ids, and a mount
 /// namespace of its own whose root is the empty jail directory.
@@ -549,27 +573,7 @@ fn the_running_vmm_is_jailed() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("serial.log");
-    let jail = dir.path().join("jail");
-    std::fs::create_dir(&jail).unwrap();
-    let (mut child, _payload) = start_vmm(
-        &bsp_payload(SPIN),
-        &[
-            "--serial-log",
-            log.to_str().unwrap(),
-            "--jail-root",
-            jail.to_str().unwrap(),
-            "--uid",
-            "65534",
-            "--gid",
-            "65534",
-        ],
-        Stdio::null(),
-        Stdio::piped(),
-    );
-    let running = wait_for(&mut child, Duration::from_secs(10), || {
-        std::fs::read(&log).unwrap_or_default().contains(&b'B')
-    });
+    let (mut child, _payload, running) = start_jailed_spinner(dir.path(), &[]);
     let pid = child.id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let own_ns = std::fs::read_link("/proc/self/ns/mnt").unwrap();
@@ -639,32 +643,16 @@ fn the_control_socket_swaps_a_disk_slot_inside_the_jail() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("serial.log");
-    let jail = dir.path().join("jail");
     let socket = dir.path().join("control.sock");
-    std::fs::create_dir(&jail).unwrap();
-    let (mut child, _payload) = start_vmm(
-        &bsp_payload(SPIN),
+    let (mut child, _payload, running) = start_jailed_spinner(
+        dir.path(),
         &[
-            "--serial-log",
-            log.to_str().unwrap(),
-            "--jail-root",
-            jail.to_str().unwrap(),
-            "--uid",
-            "65534",
-            "--gid",
-            "65534",
             "--disk-slot",
             "1M,serial=husk-pod-1",
             "--control-socket",
             socket.to_str().unwrap(),
         ],
-        Stdio::null(),
-        Stdio::piped(),
     );
-    let running = wait_for(&mut child, Duration::from_secs(10), || {
-        std::fs::read(&log).unwrap_or_default().contains(&b'B')
-    });
     let mut image = tempfile::tempfile().unwrap();
     image.write_all(&[0x5a; 4096]).unwrap();
     let ask = |line: &str, fds: &[i32]| -> String {

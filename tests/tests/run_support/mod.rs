@@ -128,14 +128,16 @@ impl Drop for RunEnv {
 impl RunEnv {
     /// `husk --store S run --backend B ARGS` with the kernel and agent set.
     pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.husk_command(&["--log-level", "info", "run", "--backend"]);
+        cmd.arg(&self.backend).args(args);
+        cmd
+    }
+
+    /// `husk --store S ARGS` (any command), with the kernel and agent set.
+    pub fn husk_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.store.husk);
         cmd.arg("--store")
             .arg(self.store.root())
-            .arg("--log-level")
-            .arg("info")
-            .arg("run")
-            .arg("--backend")
-            .arg(&self.backend)
             .args(args)
             .env("HUSK_KERNEL", &self.kernel)
             .env("HUSK_AGENT", &self.agent)

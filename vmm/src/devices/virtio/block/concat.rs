@@ -109,22 +109,7 @@ impl ConcatImage {
             }
             opened.push((path, file, len));
         }
-        let starts =
-            layout(opened.iter().map(|(_, _, len)| *len)).ok_or_else(|| ConcatError::TooLarge {
-                list: list.to_owned(),
-            })?;
-        let size = starts.last().copied().unwrap_or(0);
-        let components = opened
-            .into_iter()
-            .zip(starts)
-            .map(|((path, file, len), start)| Component {
-                path,
-                file,
-                start,
-                len,
-            })
-            .collect();
-        Ok(ConcatImage { components, size })
+        Self::laid_out(list.to_owned(), opened)
     }
 
     /// The image of files already open (passed in by the VMM's control
@@ -167,6 +152,12 @@ impl ConcatImage {
             }
             opened.push((path, file, len));
         }
+        Self::laid_out(list, opened)
+    }
+
+    /// The image of checked components (path, file, length), back to back
+    /// in the given order.
+    fn laid_out(list: PathBuf, opened: Vec<(PathBuf, File, u64)>) -> Result<Self, ConcatError> {
         let starts =
             layout(opened.iter().map(|(_, _, len)| *len)).ok_or(ConcatError::TooLarge { list })?;
         let size = starts.last().copied().unwrap_or(0);
