@@ -257,8 +257,12 @@ fn stop_monitor(dir: &StateDir, force: bool) -> Result<(), ContainerError> {
         }
     };
     // Forced, and nobody answers (no control socket: a foreground run):
-    // no point in waiting before SIGKILL.
-    let patience = if answered || !force {
+    // no point in waiting before SIGKILL. A monitor that has written the
+    // final state is powering its VM off and releasing what it holds
+    // (cgroup, network, leases): killing it then would leave those to the
+    // next sweep, so it gets its time.
+    let ending = raw.status == Status::Stopped;
+    let patience = if answered || ending || !force {
         MONITOR_EXIT_TIMEOUT
     } else {
         Duration::ZERO
@@ -276,4 +280,72 @@ fn stop_monitor(dir: &StateDir, force: bool) -> Result<(), ContainerError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    /// A forced delete (containerd's) of a container whose monitor has
+    /// written the final state and closed its socket waits for that monitor
+    /// to end by itself: killed then, it would leave its cgroup, network
+    /// and leases to the next sweep.
+    #[test]
+    fn a_forced_delete_lets_an_ending_monitor_finish() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "c1").unwrap();
+        // The stand-in monitor: a process that ends when its stdin closes.
+        // The test holds the monitor lock for it.
+        let mut monitor = Command::new("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lock = dir.take_monitor_lock().unwrap().unwrap();
+        dir.save(&State {
+            id: "c1".into(),
+            status: Status::Stopped,
+            pid: Some(monitor.id() as i32),
+            vmm_pid: None,
+            bundle: Default::default(),
+            annotations: HashMap::new(),
+            created: state::now_rfc3339(),
+            exit: Some(ExitStatus::signaled(libc::SIGKILL)),
+            name: None,
+            image: None,
+            command: vec![],
+            backend: String::new(),
+            owner: "root".into(),
+        })
+        .unwrap();
+
+        let (done_tx, done) = mpsc::channel();
+        let root_path = root.path().to_path_buf();
+        let deleting = std::thread::spawn(move || {
+            let result = delete(&root_path, "c1", true).map(|_| ());
+            let _ = done_tx.send(());
+            result
+        });
+        // Still waiting for the monitor, which has not ended.
+        assert!(
+            done.recv_timeout(Duration::from_millis(500)).is_err(),
+            "delete returned while the monitor was still ending"
+        );
+        // The monitor ends: its lock goes, then the process.
+        drop(lock);
+        drop(monitor.stdin.take());
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("delete returns once the monitor is gone");
+        deleting.join().unwrap().expect("delete succeeds");
+        let status = monitor.wait().unwrap();
+        assert_eq!(status.signal(), None, "the monitor was killed: {status:?}");
+        assert!(matches!(
+            StateDir::open(root.path(), "c1"),
+            Err(StateError::NotFound(_))
+        ));
+    }
 }

@@ -355,7 +355,17 @@ pub fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     if raw < 0 {
-        return io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        // EINVAL: the pid no longer names a thread group, i.e. the process
+        // was reaped between the kernel's lookup and its check (seen in the
+        // test bed, where a vCPU can stall inside that window).
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::ESRCH | libc::EINVAL) => true,
+            _ => {
+                tracing::warn!(pid, %error, "cannot watch the process");
+                false
+            }
+        };
     }
     // SAFETY: `raw` is a descriptor the kernel just gave us.
     let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -370,7 +380,10 @@ pub fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
             Ok(n) if n > 0 => return true,
             Ok(_) => return false,
             Err(nix::Error::EINTR) => continue,
-            Err(_) => return false,
+            Err(error) => {
+                tracing::warn!(pid, %error, "cannot wait for the process");
+                return false;
+            }
         }
     }
 }
