@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use husk_protocol::SendCredit;
+use nix::fcntl::{FcntlArg, OFlag};
 
 use super::output::{Proc, Sink};
 
@@ -31,17 +31,20 @@ pub(super) fn pty_proc(socket: &Path) -> Result<(Proc, OwnedFd), String> {
             socket.display()
         )
     })?;
+    // Ours alone: non-blocking, so that output the terminal's reader has
+    // not taken yet waits in the sink instead of stopping the monitor.
+    nix::fcntl::fcntl(&pty.slave, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+        .map_err(|e| format!("setting up the pty: {e}"))?;
     let slave_in = pty
         .slave
         .try_clone()
         .map_err(|e| format!("duplicating the pty: {e}"))?;
     Ok((
-        Proc {
-            stdin: Some(slave_in),
-            stdin_credit: SendCredit::new(),
-            stdout: Sink::new(Some(File::from(pty.slave))),
-            stderr: Sink::new(None),
-        },
+        Proc::new(
+            Some(slave_in),
+            Sink::new(Some(File::from(pty.slave))),
+            Sink::new(None),
+        ),
         pty.master,
     ))
 }

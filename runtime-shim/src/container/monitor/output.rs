@@ -1,47 +1,163 @@
 //! Where a process's output goes on the host (a descriptor or the
 //! bounded container log), and its stdin source.
+//!
+//! The monitor serves the agent, its control socket and every process from
+//! one loop, so output is passed on without ever blocking that loop: what
+//! the target does not take now waits in the sink, and the agent gets
+//! credit back only for what was taken. A slow reader (a containerd FIFO
+//! nobody drains, a paused terminal) therefore stops that stream's sender
+//! in the guest, not the monitor's answers to kill, exec or delete.
 
+use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use husk_protocol::{RecvWindow, SendCredit};
+use husk_protocol::{ExitStatus, RecvWindow, SendCredit};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::MAX_CONTAINER_LOG;
-use crate::sandbox::stdio::write_all;
+
+/// What a blocking pipe or terminal accepts without blocking once poll
+/// says it is writable (POSIX PIPE_BUF).
+const WRITABLE_AT_LEAST: usize = libc::PIPE_BUF;
 
 /// Output of one process to the host.
 pub(super) struct Sink {
-    pub(super) target: Option<File>,
+    target: Option<File>,
+    /// Whether a write of any size returns at once: the descriptor is
+    /// non-blocking, or a regular file. Otherwise at most
+    /// [`WRITABLE_AT_LEAST`] bytes go per write, after poll said so.
+    writes_never_block: bool,
     pub(super) window: RecvWindow,
     /// Bytes written to a log target, for its bound.
     pub(super) logged: Option<(PathBuf, u64)>,
+    /// Received from the agent, not yet taken by the target. At most one
+    /// window: the agent sends no more until credit is granted back.
+    pending: VecDeque<u8>,
 }
 
 impl Sink {
     pub(super) fn new(target: Option<File>) -> Self {
+        let writes_never_block = target.as_ref().is_some_and(|file| {
+            let nonblocking = fcntl(file, FcntlArg::F_GETFL)
+                .is_ok_and(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK));
+            nonblocking || file.metadata().is_ok_and(|m| m.is_file())
+        });
         Sink {
             target,
+            writes_never_block,
             window: RecvWindow::new(),
             logged: None,
+            pending: VecDeque::new(),
         }
     }
 
-    pub(super) fn write(&mut self, data: &[u8]) {
-        let Some(file) = &mut self.target else {
-            return;
-        };
-        if let Err(e) = write_all(file.as_fd(), data) {
-            tracing::info!(error = %e, "container output no longer taken; discarding it");
-            self.target = None;
-            return;
-        }
-        if let Some((path, written)) = &mut self.logged {
-            *written += data.len() as u64;
-            if *written > MAX_CONTAINER_LOG {
-                *written = trim_log(path, MAX_CONTAINER_LOG / 2);
+    /// Takes `data` from the agent and passes on what the target takes
+    /// now; returns the bytes passed on (for the credit to grant).
+    pub(super) fn take(&mut self, data: &[u8]) -> usize {
+        self.pending.extend(data);
+        self.pass_on()
+    }
+
+    /// Passes on as much waiting output as the target takes without
+    /// blocking; returns the bytes passed on. Output of a target that has
+    /// gone (its reader closed) counts as passed on: it is discarded.
+    pub(super) fn pass_on(&mut self) -> usize {
+        let mut passed = 0;
+        while !self.pending.is_empty() {
+            let Some(file) = &self.target else {
+                passed += self.pending.len();
+                self.pending.clear();
+                break;
+            };
+            if !self.writes_never_block && !writable_now(file.as_fd()) {
+                break;
+            }
+            let chunk = self.pending.as_slices().0;
+            let limit = if self.writes_never_block {
+                chunk.len()
+            } else {
+                chunk.len().min(WRITABLE_AT_LEAST)
+            };
+            match nix::unistd::write(file, &chunk[..limit]) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    passed += n;
+                    self.account_log(n);
+                }
+                Err(nix::Error::EINTR) => {}
+                Err(nix::Error::EAGAIN) => break,
+                Err(e) => {
+                    tracing::info!(error = %e, "container output no longer taken; discarding it");
+                    self.target = None;
+                }
             }
         }
+        passed
+    }
+
+    /// The target to wait on (POLLOUT) while output waits for it.
+    pub(super) fn blocked_on(&self) -> Option<BorrowedFd<'_>> {
+        match &self.target {
+            Some(file) if !self.pending.is_empty() => Some(file.as_fd()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_drained(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Passes on what still waits, giving a reader that takes nothing for
+    /// `patience` up (the rest is then dropped).
+    pub(super) fn drain(&mut self, patience: Duration) {
+        let mut last_progress = Instant::now();
+        while !self.pending.is_empty() {
+            if self.pass_on() > 0 {
+                last_progress = Instant::now();
+                continue;
+            }
+            let Some(fd) = self.blocked_on() else { break };
+            let left = patience.saturating_sub(last_progress.elapsed());
+            if left.is_zero() {
+                tracing::warn!(
+                    bytes = self.pending.len(),
+                    "container output not taken in time; dropping it"
+                );
+                self.pending.clear();
+                break;
+            }
+            let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+            let _ = nix::poll::poll(
+                &mut fds,
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+            );
+        }
+    }
+
+    fn account_log(&mut self, written: usize) {
+        if let Some((path, total)) = &mut self.logged {
+            *total += written as u64;
+            if *total > MAX_CONTAINER_LOG {
+                *total = trim_log(path, MAX_CONTAINER_LOG / 2);
+            }
+        }
+    }
+}
+
+/// Whether `fd` takes at least [`WRITABLE_AT_LEAST`] bytes now (or has an
+/// error for the next write to report).
+fn writable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => true,
+        Ok(_) => false,
+        // A descriptor poll cannot take: let the write report it.
+        Err(e) => io::Error::from(e).kind() != io::ErrorKind::Interrupted,
     }
 }
 
@@ -64,4 +180,85 @@ pub(super) struct Proc {
     pub(super) stdin_credit: SendCredit,
     pub(super) stdout: Sink,
     pub(super) stderr: Sink,
+    /// The process has exited while its output still waited for its
+    /// reader: its exit is reported once that output is passed on, as a
+    /// runc shim reports it after its copies of the pipes end.
+    pub(super) exited_before_output: Option<ExitStatus>,
+}
+
+impl Proc {
+    pub(super) fn new(stdin: Option<OwnedFd>, stdout: Sink, stderr: Sink) -> Self {
+        Proc {
+            stdin,
+            stdin_credit: SendCredit::new(),
+            stdout,
+            stderr,
+            exited_before_output: None,
+        }
+    }
+
+    pub(super) fn output_drained(&self) -> bool {
+        self.stdout.is_drained() && self.stderr.is_drained()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// A blocking pipe whose reader is slow: the sink takes a whole window
+    /// without blocking, passes on only what the pipe holds, and the rest
+    /// once the reader reads; nothing is lost or reordered.
+    #[test]
+    fn a_slow_reader_never_blocks_the_sink_and_loses_nothing() {
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let mut sink = Sink::new(Some(File::from(write_end)));
+        assert!(!sink.writes_never_block, "a blocking pipe");
+        let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        // Returns although the pipe (64 KiB) cannot hold it all.
+        let first = sink.take(&data);
+        assert!(first > 0 && first < data.len(), "passed on {first}");
+        assert!(sink.blocked_on().is_some());
+        assert!(!sink.is_drained());
+
+        let mut reader = File::from(read_end);
+        let mut received = Vec::new();
+        let mut passed = first;
+        let mut buf = vec![0u8; 16 * 1024];
+        while received.len() < data.len() {
+            let n = reader.read(&mut buf).unwrap();
+            received.extend_from_slice(&buf[..n]);
+            passed += sink.pass_on();
+        }
+        assert_eq!(passed, data.len());
+        assert!(sink.is_drained() && sink.blocked_on().is_none());
+        assert!(received == data, "the bytes arrive whole and in order");
+    }
+
+    /// Output for a reader that has gone is dropped and counted as passed
+    /// on, so the sender in the guest is not stopped for ever.
+    #[test]
+    fn output_for_a_closed_reader_is_dropped() {
+        // Rust's runtime ignores SIGPIPE (in the monitor and here): the
+        // write fails with EPIPE.
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        drop(read_end);
+        let mut sink = Sink::new(Some(File::from(write_end)));
+        assert_eq!(sink.take(&[7u8; 10_000]), 10_000);
+        assert!(sink.is_drained());
+        assert_eq!(sink.take(b"more"), 4);
+    }
+
+    /// At a container's end, a reader that takes nothing does not hold the
+    /// monitor for longer than its patience.
+    #[test]
+    fn draining_gives_up_on_a_reader_that_takes_nothing() {
+        let (_read_end, write_end) = nix::unistd::pipe().unwrap();
+        let mut sink = Sink::new(Some(File::from(write_end)));
+        sink.take(&vec![1u8; 200 * 1024]);
+        assert!(!sink.is_drained());
+        sink.drain(Duration::from_millis(100));
+        assert!(sink.is_drained());
+    }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use husk_protocol::{
-    Event, ExecProcess, ExitStatus, Frame, ProcessId, ProtocolError, Response, SendCredit, Stream,
+    Event, ExecProcess, ExitStatus, Frame, ProcessId, ProtocolError, Response, Stream,
 };
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
@@ -20,7 +20,9 @@ use super::console::pty_proc;
 use super::output::{Proc, Sink};
 use super::pod::{self, pod_socket, PodRelay};
 use super::PodRole;
-use super::{dup_high, InitStdio, MonitorConfig, Ready, INHERITED_FDS, REQUEST_TIMEOUT};
+use super::{
+    dup_high, InitStdio, MonitorConfig, Ready, INHERITED_FDS, OUTPUT_PATIENCE, REQUEST_TIMEOUT,
+};
 use crate::container::control::{self, ControlReply, ControlRequest, Received};
 use crate::container::instance::{Instance, StartError, INIT_PROCESS};
 use crate::container::state::{transition, Op, State, StateDir, Status};
@@ -182,12 +184,11 @@ pub(super) fn serve(
         InitStdio::Inherited => {
             // SAFETY: our starter put these three descriptors there for us.
             let [i, o, e] = INHERITED_FDS.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-            Proc {
-                stdin: config.create.stdin.then_some(i),
-                stdin_credit: SendCredit::new(),
-                stdout: Sink::new(Some(File::from(o))),
-                stderr: Sink::new(Some(File::from(e))),
-            }
+            Proc::new(
+                config.create.stdin.then_some(i),
+                Sink::new(Some(File::from(o))),
+                Sink::new(Some(File::from(e))),
+            )
         }
         InitStdio::ConsoleSocket(socket) => {
             let (proc_, master) = pty_proc(socket).map_err(|e| fail(ready, e))?;
@@ -207,12 +208,7 @@ pub(super) fn serve(
             stdout.logged = Some((path.clone(), 0));
             let mut stderr = Sink::new(Some(err));
             stderr.logged = Some((path.clone(), 0));
-            Proc {
-                stdin: None,
-                stdin_credit: SendCredit::new(),
-                stdout,
-                stderr,
-            }
+            Proc::new(None, stdout, stderr)
         }
     };
     inst.create(create, Some(&signals))
@@ -353,6 +349,15 @@ impl Monitor {
                         fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                     }
                 }
+                // Output waiting for its reader: passed on below.
+                for p in self.procs.values() {
+                    for fd in [p.stdout.blocked_on(), p.stderr.blocked_on()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+                    }
+                }
                 // A pod's members: served below whatever woke us.
                 for (fd, output) in self.pod.iter().flat_map(PodRelay::poll_fds) {
                     let mut events = PollFlags::POLLIN;
@@ -382,6 +387,7 @@ impl Monitor {
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]), stdin_ready)
             };
             let _ = agent_ready;
+            self.pass_on_output()?;
             for id in stdin_ready {
                 self.pump_stdin(id, &mut buf)?;
             }
@@ -446,8 +452,8 @@ impl Monitor {
                         }
                     };
                     sink.window.on_data(process, stream, data.len())?;
-                    sink.write(&data);
-                    if let Some(bytes) = sink.window.on_consumed(data.len()) {
+                    let passed = sink.take(&data);
+                    if let Some(bytes) = sink.window.on_consumed(passed) {
                         self.inst.client.queue(&Frame::Credit {
                             process,
                             stream,
@@ -465,7 +471,10 @@ impl Monitor {
                     }
                 }
                 Frame::Event(Event::ProcessExited { process, status }) => {
-                    self.process_exited(process, status);
+                    match self.procs.get_mut(&process) {
+                        Some(p) if !p.output_drained() => p.exited_before_output = Some(status),
+                        _ => self.process_exited(process, status),
+                    }
                 }
                 Frame::Event(Event::OomKilled { kills, .. }) => {
                     tracing::warn!(kills, "the container's cgroup had an OOM kill");
@@ -479,6 +488,34 @@ impl Monitor {
                 } => tracing::warn!(request = id, "agent: {err}"),
                 other => tracing::trace!(?other, "frame"),
             }
+        }
+        Ok(())
+    }
+
+    /// Passes on output that waited for its reader, grants the credit that
+    /// frees, and reports the exits that waited for their output.
+    fn pass_on_output(&mut self) -> Result<(), AgentError> {
+        let mut exits = Vec::new();
+        for (&process, p) in self.procs.iter_mut() {
+            for (stream, sink) in [
+                (Stream::Stdout, &mut p.stdout),
+                (Stream::Stderr, &mut p.stderr),
+            ] {
+                let passed = sink.pass_on();
+                if let Some(bytes) = sink.window.on_consumed(passed) {
+                    self.inst.client.queue(&Frame::Credit {
+                        process,
+                        stream,
+                        bytes,
+                    })?;
+                }
+            }
+            if let Some(status) = p.exited_before_output.filter(|_| p.output_drained()) {
+                exits.push((process, status));
+            }
+        }
+        for (process, status) in exits {
+            self.process_exited(process, status);
         }
         Ok(())
     }
@@ -617,12 +654,11 @@ impl Monitor {
                         if o.is_none() {
                             return Err("exec needs stdin, stdout and stderr descriptors".into());
                         }
-                        Proc {
-                            stdin: if stdin { i } else { None },
-                            stdin_credit: SendCredit::new(),
-                            stdout: Sink::new(o.map(File::from)),
-                            stderr: Sink::new(e.map(File::from)),
-                        }
+                        Proc::new(
+                            if stdin { i } else { None },
+                            Sink::new(o.map(File::from)),
+                            Sink::new(e.map(File::from)),
+                        )
                     }
                 };
                 let forward_stdin = proc_.stdin.is_some();
@@ -747,6 +783,17 @@ impl Monitor {
 
     /// The container is done: final state, waiters answered, VM off.
     fn finish(mut self, listener: UnixListener) {
+        // What the agent still sent, and the exits that waited for their
+        // output: known from here on.
+        let _ = self.handle_frames();
+        for (&process, p) in &self.procs {
+            if let Some(status) = p.exited_before_output {
+                self.exited.insert(process, status);
+                if process == INIT_PROCESS && self.state.exit.is_none() {
+                    self.state.exit = Some(status);
+                }
+            }
+        }
         // The final state first: a client whose connection is refused or
         // reset from here on reads it from state.json.
         let init_status = self
@@ -758,6 +805,12 @@ impl Monitor {
         self.save();
         drop(listener);
         let _ = fs::remove_file(self.dir.socket());
+        // Output before exits, as everywhere: a reader that takes nothing
+        // for OUTPUT_PATIENCE loses the rest rather than holding the VM.
+        for p in self.procs.values_mut() {
+            p.stdout.drain(OUTPUT_PATIENCE);
+            p.stderr.drain(OUTPUT_PATIENCE);
+        }
         for (process, stream) in self.waiters.drain(..) {
             let status = if process == INIT_PROCESS {
                 init_status
@@ -769,8 +822,6 @@ impl Monitor {
             };
             control::answer(&stream, &ControlReply::Exited { status });
         }
-        // Whatever output is still queued goes to its readers first.
-        let _ = self.handle_frames();
         self.procs.clear();
         self.ptys.clear();
         let Monitor {
