@@ -25,8 +25,8 @@ use crate::error::StepError;
 use crate::oom::OomWatch;
 use crate::pod::Containers;
 
-/// After a process exits, how long its output may still drain before the
-/// exit is reported anyway (a background child may hold the pipe open).
+/// After a process exits, how long its output pipes may stay open and idle
+/// before the exit is reported anyway (a background child may hold them).
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// How long a removed pod member's processes may take to die.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +67,9 @@ struct ProcessEntry {
     outputs: Vec<OutputSource>,
     pty_master: Option<OwnedFd>,
     exit: Option<(ExitStatus, Instant)>,
+    /// When output last moved: read from its pipe, or waiting in it for
+    /// the host's credit (the host's reader is slow, the pipe not idle).
+    output_moved: Instant,
     reported: bool,
 }
 
@@ -96,6 +99,7 @@ impl ProcessEntry {
             outputs,
             pty_master: stdio.pty_master,
             exit: None,
+            output_moved: Instant::now(),
             reported: false,
         }
     }
@@ -462,6 +466,7 @@ impl Server {
                 Frame::Eof { process, stream }
             }
             Ok(read) => {
+                entry.output_moved = Instant::now();
                 output.credit.consume(read);
                 buf.truncate(read);
                 Frame::Data {
@@ -601,7 +606,14 @@ impl Server {
             if entry.reported {
                 continue;
             }
-            if !entry.outputs.is_empty() && now.duration_since(exited_at) < OUTPUT_GRACE {
+            // Output the host has not yet given credit for is still moving:
+            // the grace is for pipes a background child holds open idle,
+            // not for a slow reader on the host.
+            if entry.outputs.iter().any(|o| o.credit.available() == 0) {
+                entry.output_moved = now;
+            }
+            let quiet_since = exited_at.max(entry.output_moved);
+            if !entry.outputs.is_empty() && now.duration_since(quiet_since) < OUTPUT_GRACE {
                 continue;
             }
             entry.reported = true;
