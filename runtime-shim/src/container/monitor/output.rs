@@ -11,7 +11,8 @@
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,7 @@ pub(super) struct Sink {
 
 impl Sink {
     pub(super) fn new(target: Option<File>) -> Self {
+        let target = target.map(own_nonblocking_pipe);
         let writes_never_block = target.as_ref().is_some_and(|file| {
             let nonblocking = fcntl(file, FcntlArg::F_GETFL)
                 .is_ok_and(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK));
@@ -149,6 +151,22 @@ impl Sink {
     }
 }
 
+/// A pipe or FIFO (a containerd FIFO, a caller's pipe) reopened through
+/// /proc/self/fd as a non-blocking open file description of our own:
+/// writes then take what fits at once, and O_NONBLOCK is not set on a
+/// description that others share. Anything else, or a failed reopen (no
+/// reader yet, no /proc), is kept as it is.
+fn own_nonblocking_pipe(file: File) -> File {
+    if !file.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+        return file;
+    }
+    File::options()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .unwrap_or(file)
+}
+
 /// Whether `fd` takes at least [`WRITABLE_AT_LEAST`] bytes now (or has an
 /// error for the next write to report).
 fn writable_now(fd: BorrowedFd<'_>) -> bool {
@@ -207,22 +225,17 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    /// A blocking pipe whose reader is slow: the sink takes a whole window
-    /// without blocking, passes on only what the pipe holds, and the rest
-    /// once the reader reads; nothing is lost or reordered.
-    #[test]
-    fn a_slow_reader_never_blocks_the_sink_and_loses_nothing() {
-        let (read_end, write_end) = nix::unistd::pipe().unwrap();
-        let mut sink = Sink::new(Some(File::from(write_end)));
-        assert!(!sink.writes_never_block, "a blocking pipe");
+    /// A slow reader: the sink takes a whole window without blocking,
+    /// passes on only what the target holds, and the rest once the reader
+    /// reads; nothing is lost or reordered.
+    fn slow_reader(mut reader: File, mut sink: Sink) {
         let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
-        // Returns although the pipe (64 KiB) cannot hold it all.
+        // Returns although the target cannot hold it all.
         let first = sink.take(&data);
         assert!(first > 0 && first < data.len(), "passed on {first}");
         assert!(sink.blocked_on().is_some());
         assert!(!sink.is_drained());
 
-        let mut reader = File::from(read_end);
         let mut received = Vec::new();
         let mut passed = first;
         let mut buf = vec![0u8; 16 * 1024];
@@ -234,6 +247,32 @@ mod tests {
         assert_eq!(passed, data.len());
         assert!(sink.is_drained() && sink.blocked_on().is_none());
         assert!(received == data, "the bytes arrive whole and in order");
+    }
+
+    /// A blocking pipe is written through a non-blocking description of
+    /// the sink's own; the caller's stays blocking.
+    #[test]
+    fn a_pipe_with_a_slow_reader_never_blocks_the_sink() {
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let callers = write_end.try_clone().unwrap();
+        let sink = Sink::new(Some(File::from(write_end)));
+        assert!(sink.writes_never_block, "reopened non-blocking");
+        let flags = OFlag::from_bits_truncate(fcntl(&callers, FcntlArg::F_GETFL).unwrap());
+        assert!(
+            !flags.contains(OFlag::O_NONBLOCK),
+            "the caller's description"
+        );
+        slow_reader(File::from(read_end), sink);
+    }
+
+    /// A blocking target that cannot be reopened (a socket here, a
+    /// terminal in use) is written in pieces it takes at once.
+    #[test]
+    fn a_blocking_socket_with_a_slow_reader_never_blocks_the_sink() {
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sink = Sink::new(Some(File::from(OwnedFd::from(writer))));
+        assert!(!sink.writes_never_block);
+        slow_reader(File::from(OwnedFd::from(reader)), sink);
     }
 
     /// Output for a reader that has gone is dropped and counted as passed
