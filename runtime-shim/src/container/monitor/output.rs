@@ -59,16 +59,23 @@ impl Sink {
     }
 
     /// Takes `data` from the agent and passes on what the target takes
-    /// now; returns the bytes passed on (for the credit to grant).
-    pub(super) fn take(&mut self, data: &[u8]) -> usize {
+    /// now; returns the credit to grant the agent for it, if any.
+    pub(super) fn take(&mut self, data: &[u8]) -> Option<u32> {
         self.pending.extend(data);
-        self.pass_on()
+        self.pass_on_waiting()
+    }
+
+    /// Passes on what waits and the target now takes; returns the credit
+    /// to grant the agent for it, if any.
+    pub(super) fn pass_on_waiting(&mut self) -> Option<u32> {
+        let passed = self.pass_on();
+        self.window.on_consumed(passed)
     }
 
     /// Passes on as much waiting output as the target takes without
     /// blocking; returns the bytes passed on. Output of a target that has
     /// gone (its reader closed) counts as passed on: it is discarded.
-    pub(super) fn pass_on(&mut self) -> usize {
+    fn pass_on(&mut self) -> usize {
         let mut passed = 0;
         while !self.pending.is_empty() {
             let Some(file) = &self.target else {
@@ -225,13 +232,19 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// Takes `data` and says how many bytes the target took at once.
+    fn passed_on(sink: &mut Sink, data: &[u8]) -> usize {
+        sink.pending.extend(data);
+        sink.pass_on()
+    }
+
     /// A slow reader: the sink takes a whole window without blocking,
     /// passes on only what the target holds, and the rest once the reader
     /// reads; nothing is lost or reordered.
     fn slow_reader(mut reader: File, mut sink: Sink) {
         let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
         // Returns although the target cannot hold it all.
-        let first = sink.take(&data);
+        let first = passed_on(&mut sink, &data);
         assert!(first > 0 && first < data.len(), "passed on {first}");
         assert!(sink.blocked_on().is_some());
         assert!(!sink.is_drained());
@@ -284,9 +297,9 @@ mod tests {
         let (read_end, write_end) = nix::unistd::pipe().unwrap();
         drop(read_end);
         let mut sink = Sink::new(Some(File::from(write_end)));
-        assert_eq!(sink.take(&[7u8; 10_000]), 10_000);
+        assert_eq!(passed_on(&mut sink, &[7u8; 10_000]), 10_000);
         assert!(sink.is_drained());
-        assert_eq!(sink.take(b"more"), 4);
+        assert_eq!(passed_on(&mut sink, b"more"), 4);
     }
 
     /// At a container's end, a reader that takes nothing does not hold the
@@ -295,7 +308,7 @@ mod tests {
     fn draining_gives_up_on_a_reader_that_takes_nothing() {
         let (_read_end, write_end) = nix::unistd::pipe().unwrap();
         let mut sink = Sink::new(Some(File::from(write_end)));
-        sink.take(&vec![1u8; 200 * 1024]);
+        passed_on(&mut sink, &vec![1u8; 200 * 1024]);
         assert!(!sink.is_drained());
         sink.drain(Duration::from_millis(100));
         assert!(sink.is_drained());

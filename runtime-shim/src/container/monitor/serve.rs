@@ -307,6 +307,23 @@ fn join_pod(
     Instance::joined(id.to_owned(), client, vm, rundir, Some(signals)).map_err(|e| e.to_string())
 }
 
+/// Sends the agent the credit a sink freed, if any.
+fn grant(
+    client: &mut AgentClient,
+    process: ProcessId,
+    stream: Stream,
+    credit: Option<u32>,
+) -> Result<(), AgentError> {
+    match credit {
+        Some(bytes) => client.queue(&Frame::Credit {
+            process,
+            stream,
+            bytes,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn dev_null() -> OwnedFd {
     File::open("/dev/null")
         .map(OwnedFd::from)
@@ -452,14 +469,8 @@ impl Monitor {
                         }
                     };
                     sink.window.on_data(process, stream, data.len())?;
-                    let passed = sink.take(&data);
-                    if let Some(bytes) = sink.window.on_consumed(passed) {
-                        self.inst.client.queue(&Frame::Credit {
-                            process,
-                            stream,
-                            bytes,
-                        })?;
-                    }
+                    let credit = sink.take(&data);
+                    grant(&mut self.inst.client, process, stream, credit)?;
                 }
                 Frame::Credit {
                     process,
@@ -501,14 +512,8 @@ impl Monitor {
                 (Stream::Stdout, &mut p.stdout),
                 (Stream::Stderr, &mut p.stderr),
             ] {
-                let passed = sink.pass_on();
-                if let Some(bytes) = sink.window.on_consumed(passed) {
-                    self.inst.client.queue(&Frame::Credit {
-                        process,
-                        stream,
-                        bytes,
-                    })?;
-                }
+                let credit = sink.pass_on_waiting();
+                grant(&mut self.inst.client, process, stream, credit)?;
             }
             if let Some(status) = p.exited_before_output.filter(|_| p.output_drained()) {
                 exits.push((process, status));
