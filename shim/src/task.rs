@@ -319,6 +319,7 @@ impl TaskService {
             command: process.args().clone().unwrap_or_default(),
             backend: String::new(),
             owner: "containerd".into(),
+            ended_by: None,
         };
         let pod = pod::pod_role(root, &bundle.spec);
         // The pod's network namespace (CNI): the VM joins it with tc, as
@@ -420,6 +421,14 @@ impl TaskService {
                     255
                 }
             };
+            // A VM that ended under the task: why, in containerd's log.
+            if let Ok(State {
+                ended_by: Some(reason),
+                ..
+            }) = lifecycle::state(&task.root, &task.id)
+            {
+                containerd_shim::warn!("task {}: {reason}", task.id);
+            }
             // Output first: a terminal's copier ends when the pty closes.
             task.terminal.lock().unwrap().drain();
             // Execs die with the VM.

@@ -282,6 +282,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         }
     }
 
+    /// Waits until containerd's log has a line containing `text` (a shim's
+    /// log lines reach it through a FIFO, a little after the fact).
+    pub fn wait_log_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains(text)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd's log has no line with {text:?}\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn remove(&self, id: &str) {
         let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
         let _ = self.ctr(&["task", "rm", "-f", id]);

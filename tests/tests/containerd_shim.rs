@@ -177,6 +177,9 @@ fn killing_the_vmm_ends_the_task_with_an_error_and_containerd_stays_healthy() {
     // SAFETY: kill on the pid the task's state names.
     assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
     ctrd.wait_status("vmm-dies", "STOPPED");
+    // containerd's log says why.
+    let line = ctrd.wait_log_line("task vmm-dies: the VM ended");
+    assert!(line.contains("level=warn"), "{line}");
     // The exit status is an error (`ctr task rm` prints it? `ls` does not):
     // `ctr task delete` returns it.
     let o = ctrd.ctr(&["task", "rm", "vmm-dies"]);

@@ -87,6 +87,7 @@ pub fn run_detached(
             command,
             backend: String::new(),
             owner: String::new(),
+            ended_by: None,
         },
         auto_remove: remove,
         nics: network.nics.clone(),
@@ -163,6 +164,7 @@ impl Foreground {
             command: launch.options.command.clone(),
             backend: String::new(),
             owner: String::new(),
+            ended_by: None,
         };
         dir.save(&state)?;
         record.dir = Some(dir);

@@ -320,6 +320,7 @@ mod tests {
             command: vec![],
             backend: String::new(),
             owner: "root".into(),
+            ended_by: None,
         })
         .unwrap();
 

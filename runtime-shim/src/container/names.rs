@@ -135,6 +135,7 @@ mod tests {
             command: vec![],
             backend: String::new(),
             owner: String::new(),
+            ended_by: None,
         })
         .unwrap();
     }

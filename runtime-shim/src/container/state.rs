@@ -153,6 +153,10 @@ pub struct State {
     /// The owner of the container's files (runc's `list` column).
     #[serde(default)]
     pub owner: String,
+    /// Why the VM ended before the container's init reported its exit
+    /// (the init is then taken as killed), for the user to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -507,6 +511,7 @@ mod tests {
             command: vec![],
             backend: String::new(),
             owner: "root".into(),
+            ended_by: None,
         }
     }
 

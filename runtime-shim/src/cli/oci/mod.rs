@@ -391,6 +391,7 @@ fn create(
         command: process.args().clone().unwrap_or_default(),
         backend: String::new(),
         owner: owner(),
+        ended_by: None,
     };
     // The CRI annotations: a pod's containers share its sandbox's VM.
     let pod = crate::container::monitor::pod::pod_role(&cli.root, &bundle.spec);

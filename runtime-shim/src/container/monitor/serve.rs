@@ -246,6 +246,7 @@ pub(super) fn serve(
     let result = monitor.run(&listener, &signals);
     if let Err(e) = &result {
         tracing::warn!(error = %e, "the container's VM ended");
+        monitor.state.ended_by = Some(e.to_string());
     }
     monitor.finish(listener);
     Ok(())
