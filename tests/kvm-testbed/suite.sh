@@ -60,12 +60,15 @@ if [[ ${1:-} == --inside ]]; then
 		shift
 	done
 	[[ ${1:-} == -- ]] && shift
-	# TCG's nested SVM now and then hands an L2 guest a broken CPU state
-	# (seen once as a triple fault during our kernel's boot, the same
-	# emulation fault that crashes L1 itself, see testbed.sh): a binary
-	# that failed with husk-vmm's triple-fault report runs once more, and
-	# the run says so. Any other failure is final.
-	l2_fault='triple fault (guest reset by CPU shutdown)'
+	# TCG's nested SVM now and then breaks an L2 guest, as it crashes or
+	# wedges L1 itself (see testbed.sh): our kernel triple-faults during
+	# its boot (2 of 2 full runs on 2026-12-07, in three different
+	# binaries), or a guest that has said hello goes silent (the agent
+	# never answers a create; never seen on the host's QEMU, which runs
+	# the same kernel and agent). A binary that failed with one of those
+	# reports runs once more, and the run says so. Any other failure is
+	# final.
+	l2_fault='triple fault \(guest reset by CPU shutdown\)|timed out after [0-9]+s waiting for the agent'
 	out=/tmp/husk-testbed-binary.out
 	for bin in "${run_bins[@]}"; do
 		name=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
@@ -87,8 +90,9 @@ if [[ ${1:-} == --inside ]]; then
 				break
 			fi
 			printf '==> [test bed] %s FAILED after %d s\n' "$name" $((SECONDS - start)) >&2
-			if ((try == 1)) && grep -qF "$l2_fault" "$out"; then
-				printf '==> [test bed] %s: an L2 guest triple-faulted (nested SVM under TCG); running it once more\n' "$name" >&2
+			if ((try == 1)) && grep -qE "$l2_fault" "$out"; then
+				printf '==> [test bed] %s: an L2 guest broke (nested SVM under TCG): %s; running it once more\n' \
+					"$name" "$(grep -oE "$l2_fault" "$out" | head -1)" >&2
 				continue
 			fi
 			failed+=("$name")
@@ -153,8 +157,8 @@ trap 'rm -f "$log" "$result"' EXIT
 # nothing at all progresses. testbed.sh --stall stops such a boot (after
 # printing where L1's vCPUs were), as does a crash of L1's kernel; the
 # binaries that had not passed then run again in a fresh boot (at most three
-# boots), and the run says so. A binary that fails is run once more only after an L2 triple fault
-# (see the loop inside); any other failure is final.
+# boots), and the run says so. A binary that fails is run once more only
+# after an L2 guest broke (see the loop inside); any other failure is final.
 run_bed() {
 	: >"$log"
 	: >"$result"
