@@ -51,10 +51,10 @@ pub(super) const INHERITED_FDS: [RawFd; 3] = [4, 5, 6];
 
 /// A client has this long to send its request once connected.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The container's log is cut back to half when it grows past this.
 /// How long a container's end waits on an output reader that takes
 /// nothing before the rest of the output is dropped.
 pub(super) const OUTPUT_PATIENCE: Duration = Duration::from_secs(10);
+/// The container's log is cut back to half when it grows past this.
 pub(super) const MAX_CONTAINER_LOG: u64 = 16 << 20;
 
 /// Everything the monitor needs, written by its starter to `monitor.json`.
