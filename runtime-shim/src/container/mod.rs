@@ -285,7 +285,6 @@ fn stop_monitor(dir: &StateDir, force: bool) -> Result<(), ContainerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
     use std::os::unix::process::ExitStatusExt;
     use std::process::{Command, Stdio};
     use std::sync::mpsc;
@@ -307,20 +306,10 @@ mod tests {
             .unwrap();
         let lock = dir.take_monitor_lock().unwrap().unwrap();
         dir.save(&State {
-            id: "c1".into(),
             status: Status::Stopped,
             pid: Some(monitor.id() as i32),
-            vmm_pid: None,
-            bundle: Default::default(),
-            annotations: HashMap::new(),
-            created: state::now_rfc3339(),
             exit: Some(ExitStatus::signaled(libc::SIGKILL)),
-            name: None,
-            image: None,
-            command: vec![],
-            backend: String::new(),
-            owner: "root".into(),
-            ended_by: None,
+            ..State::sample("c1")
         })
         .unwrap();
 

@@ -117,25 +117,16 @@ pub fn resolve(root: &Path, what: &str) -> Result<String, NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::state::{now_rfc3339, State, Status};
+    use crate::container::state::{State, Status};
 
     fn make(root: &Path, id: &str) {
         let dir = StateDir::create(root, id).unwrap();
         dir.save(&State {
-            id: id.into(),
             status: Status::Stopped,
             pid: None,
-            vmm_pid: None,
             bundle: PathBuf::new(),
-            annotations: Default::default(),
-            created: now_rfc3339(),
-            exit: None,
-            name: None,
-            image: None,
-            command: vec![],
-            backend: String::new(),
             owner: String::new(),
-            ended_by: None,
+            ..State::sample(id)
         })
         .unwrap();
     }

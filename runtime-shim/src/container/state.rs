@@ -445,6 +445,29 @@ fn rfc3339(secs: u64, nanos: u32) -> String {
 }
 
 #[cfg(test)]
+impl State {
+    /// A created container's state, for tests to adjust.
+    pub(crate) fn sample(id: &str) -> State {
+        State {
+            id: id.into(),
+            status: Status::Created,
+            pid: Some(1),
+            vmm_pid: None,
+            bundle: PathBuf::from("/b"),
+            annotations: HashMap::new(),
+            created: now_rfc3339(),
+            exit: None,
+            name: None,
+            image: None,
+            command: vec![],
+            backend: String::new(),
+            owner: "root".into(),
+            ended_by: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -496,25 +519,6 @@ mod tests {
         }
     }
 
-    fn sample(id: &str) -> State {
-        State {
-            id: id.into(),
-            status: Status::Created,
-            pid: Some(1),
-            vmm_pid: None,
-            bundle: PathBuf::from("/b"),
-            annotations: HashMap::new(),
-            created: now_rfc3339(),
-            exit: None,
-            name: None,
-            image: None,
-            command: vec![],
-            backend: String::new(),
-            owner: "root".into(),
-            ended_by: None,
-        }
-    }
-
     #[test]
     fn state_round_trips_and_a_dead_monitor_means_stopped() {
         let root = tempfile::tempdir().unwrap();
@@ -523,7 +527,7 @@ mod tests {
             StateDir::create(root.path(), "c1"),
             Err(StateError::Exists(_))
         ));
-        dir.save(&sample("c1")).unwrap();
+        dir.save(&State::sample("c1")).unwrap();
         assert_eq!(dir.read_raw().unwrap().status, Status::Created);
         // Nobody holds the monitor lock: stopped.
         assert_eq!(dir.load().unwrap().status, Status::Stopped);
