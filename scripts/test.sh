@@ -34,15 +34,19 @@ cargo fmt --all -- --check
 echo "==> cargo clippy" >&2
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
+# A failing tier does not stop the later ones: one run shows every failure
+# (CI takes as long either way, and a fix costs a whole CI run). The exit
+# status says whether any failed, and the last line names them.
+failed=""
 echo "==> tier 1: cargo test on this host" >&2
-cargo test --workspace -- --nocapture --test-threads=2 "$@"
+cargo test --workspace --no-fail-fast -- --nocapture --test-threads=2 "$@" || failed+=" tier 1"
 
 echo "==> tier 2: real KVM in the test bed (tests/kvm-testbed/suite.sh)" >&2
 reason=""
 [[ $(id -u) -eq 0 ]] || reason="needs root (QEMU shares the host's root into the bed)"
 command -v qemu-system-x86_64 >/dev/null || reason="qemu-system-x86_64 is not installed"
 if [[ -z $reason ]]; then
-	tests/kvm-testbed/suite.sh
+	tests/kvm-testbed/suite.sh || failed+=" tier 2"
 elif [[ ${CI:-} == true ]]; then
 	echo "test bed unavailable under CI=true: $reason" >&2
 	exit 1
@@ -52,5 +56,9 @@ else
 fi
 
 echo "==> tier 3: fuzzing, each target for \${HUSK_FUZZ_SECONDS:-30}s (scripts/fuzz.sh)" >&2
-scripts/fuzz.sh
+scripts/fuzz.sh || failed+=" tier 3"
+if [[ -n $failed ]]; then
+	echo "==> FAILED:$failed" >&2
+	exit 1
+fi
 

@@ -112,41 +112,66 @@ fn a_detached_task_execs_pauses_reports_metrics_and_stops_when_killed() {
     ctrd.finish();
 }
 
+/// What a `ctr run --rm … head -c 64MiB /dev/zero` delivered: bytes, bytes
+/// that were not zero.
+fn sixty_four_mib_run(ctrd: &Containerd, runtime: &str, config: &str, id: &str) -> (u64, u64) {
+    let mut args = ctrd.run_args(runtime, config);
+    args.extend(["--rm", IMAGE, id, "head", "-c", "67108864", "/dev/zero"]);
+    let mut child = ctrd.ctr_command(&args).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let counter = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        let mut nonzero = 0u64;
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return (total, nonzero),
+                Ok(n) => {
+                    total += n as u64;
+                    nonzero += buf[..n].iter().filter(|b| **b != 0).count() as u64;
+                }
+            }
+        }
+    });
+    let o = wait_with_timeout(child, TIMEOUT, &args);
+    let (total, nonzero) = counter.join().unwrap();
+    assert!(
+        o.status.success(),
+        "{runtime}: {:?} after {total} bytes; stderr: {}\ncontainerd log tail:\n{}",
+        o.status,
+        text(&o.stderr),
+        ctrd.log_tail()
+    );
+    (total, nonzero)
+}
+
 #[test]
 fn sixty_four_mib_of_output_arrive_whole() {
+    const WHOLE: (u64, u64) = (64 << 20, 0);
     let Some(env) = env() else { return };
     let ctrd = Containerd::start(&env);
     let config = ctrd.husk_config();
-    for (runtime, id) in [(RUNC, "runc-big"), (HUSK, "husk-big")] {
-        let mut args = ctrd.run_args(runtime, &config);
-        args.extend(["--rm", IMAGE, id, "head", "-c", "67108864", "/dev/zero"]);
-        let mut child = ctrd.ctr_command(&args).spawn().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let counter = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 1 << 16];
-            let mut total = 0u64;
-            let mut nonzero = 0u64;
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => return (total, nonzero),
-                    Ok(n) => {
-                        total += n as u64;
-                        nonzero += buf[..n].iter().filter(|b| **b != 0).count() as u64;
-                    }
-                }
-            }
-        });
-        let o = wait_with_timeout(child, TIMEOUT, &args);
-        let (total, nonzero) = counter.join().unwrap();
-        assert!(
-            o.status.success(),
-            "{runtime}: {:?} after {total} bytes; stderr: {}\ncontainerd log tail:\n{}",
-            o.status,
-            text(&o.stderr),
-            ctrd.log_tail()
-        );
-        assert_eq!((total, nonzero), (64 << 20, 0), "{runtime}");
+    // The reference: containerd's runc shim now and then loses the last
+    // piece of a large output at exit (CI saw 4096 bytes short; docker's
+    // users see the same race, docker/cli#4338). Its job here is to show
+    // that containerd and ctr deliver 64 MiB whole, so it gets three tries;
+    // husk gets one.
+    let mut reference = Vec::new();
+    for attempt in 1..=3 {
+        let got = sixty_four_mib_run(&ctrd, RUNC, &config, &format!("runc-big-{attempt}"));
+        reference.push(got);
+        if got == WHOLE {
+            break;
+        }
+        eprintln!("{RUNC} (the reference) delivered {got:?} of {WHOLE:?} on try {attempt}");
     }
+    assert_eq!(
+        reference.last(),
+        Some(&WHOLE),
+        "{RUNC}: every try: {reference:?}"
+    );
+    let husk = sixty_four_mib_run(&ctrd, HUSK, &config, "husk-big");
+    assert_eq!(husk, WHOLE, "{HUSK}");
     ctrd.finish();
 }
 
